@@ -1,0 +1,1 @@
+"""dtxn.bench: the benchmark suite behind `dtxn bench`."""
