@@ -1,0 +1,91 @@
+"""Log records of atomic commit: what each process writes to its WAL.
+
+Schema version 1. Which records are forced (fsync before anything that
+depends on them) follows PROTOCOLS.md section 2, presumed abort:
+
+coordinator, 2PC:  COMMIT forced before sending COMMIT; END lazy; abort writes nothing.
+coordinator, 3PC:  PRECOMMIT forced before sending PRE-COMMIT; COMMIT forced
+                   before sending COMMIT; END lazy; abort writes a lazy ABORT.
+participant:       PREPARED forced before voting yes; PRECOMMIT forced before
+                   acking (3PC); COMMITTED forced before acking the commit;
+                   ABORTED lazy (forced only when it answers "abort" for a
+                   transaction it never voted on, which then must stay aborted).
+read-only votes write nothing.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from dtxn.protocols.messages import Protocol, Timeouts
+
+SCHEMA_VERSION = 1
+
+
+class Record(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=False):
+    txid: str
+
+
+class CoordPreCommitted(Record, frozen=True, tag="c-precommit"):
+    protocol: Protocol
+    participants: tuple[str, ...]
+
+
+class CoordCommitted(Record, frozen=True, tag="c-commit"):
+    protocol: Protocol
+    participants: tuple[str, ...]
+
+
+class CoordAborted(Record, frozen=True, tag="c-abort"):
+    reason: str = ""
+
+
+class CoordEnded(Record, frozen=True, tag="c-end"):
+    pass
+
+
+class PartPrepared(Record, frozen=True, tag="p-prepared"):
+    protocol: Protocol
+    coordinator: str
+    participants: tuple[str, ...]
+    timeouts: Timeouts = Timeouts()
+    cooperative: bool = True
+
+
+class PartPreCommitted(Record, frozen=True, tag="p-precommit"):
+    pass
+
+
+class PartCommitted(Record, frozen=True, tag="p-commit"):
+    pass
+
+
+class PartAborted(Record, frozen=True, tag="p-abort"):
+    pass
+
+
+AtomicRecord = (
+    CoordPreCommitted
+    | CoordCommitted
+    | CoordAborted
+    | CoordEnded
+    | PartPrepared
+    | PartPreCommitted
+    | PartCommitted
+    | PartAborted
+)
+
+RECORD_TYPES: tuple[type[Record], ...] = (
+    CoordPreCommitted,
+    CoordCommitted,
+    CoordAborted,
+    CoordEnded,
+    PartPrepared,
+    PartPreCommitted,
+    PartCommitted,
+    PartAborted,
+)
+
+
+def kind_of(record: Record) -> str:
+    """The record's stable tag, stored beside it in the WAL for inspection."""
+    return record.__struct_config__.tag  # type: ignore[return-value]
