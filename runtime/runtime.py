@@ -1,26 +1,73 @@
-"""`Runtime`: one node. Hosts actors, owns the clock and routes through a transport.
+"""`Runtime`: one node. Hosts actors, owns the clock, the WAL and a transport.
 
-    async with Runtime("node-a") as rt:
-        ref = await rt.spawn(Counter, name="counter")
-        await rt.send(rt.address("counter"), Increment(1))
+    async with Runtime("bank-a", wal_path="bank-a.db", resources={"ledger": Ledger()}) as rt:
+        ...
 
-Leaving the block drains every actor (see `dtxn.actors.system`); an exception
-in the block or an escalated actor failure cancels them.
+A runtime always hosts a coordinator actor (named "coordinator") and one
+participant actor per configured `Resource`. Entering the block opens the
+WAL, rebuilds every unfinished transaction from it (recovery) and only then
+attaches to the transport. Leaving it normally drains the actors' mailboxes
+and stops; in-flight transactions keep their durable state and are finished
+by recovery at the next start. `crash()` models a process crash: everything
+stops at once and records not yet forced are lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
 import msgspec
-from dtxn.actors import Actor, ActorRef, ActorSystem, ActorSystemStatistics, SupervisionPolicy
+from anyio import CancelScope
+from anyio.abc import TaskGroup
+from dtxn.actors import (
+    Actor,
+    ActorRef,
+    ActorSystem,
+    ActorSystemStatistics,
+    Directive,
+    MailboxFull,
+    SupervisionPolicy,
+)
 from dtxn.actors.errors import ActorError
+from dtxn.actors.timing import Cancellable
+from dtxn.protocols.errors import ConfigError, TransactionError
+from dtxn.protocols.messages import Message, Protocol, Timeouts
 from dtxn.runtime.clock import Clock
+from dtxn.runtime.coordinator import COORDINATOR_ACTOR, CoordinatorHost, TxnOutcome
+from dtxn.runtime.hosting import MachineHost
+from dtxn.runtime.hosts_actor import HostActor, StartTxn
+from dtxn.runtime.participant import ParticipantHost
+from dtxn.runtime.recovery import rebuild, resume
+from dtxn.runtime.resource import Resource
+from dtxn.runtime.stats import Counters, TxnStatistics
 from dtxn.runtime.transport import Address, InProcessTransport, Transport
+from dtxn.runtime.wal import Durability, WalStore, make_wal, parse_durability
 
 M = TypeVar("M")
+
+log = logging.getLogger("dtxn.runtime")
+
+HOST_MAILBOX = 65536
+
+
+class UnknownTransaction(TransactionError):
+    """Raised by `status` for a transaction id this node holds nothing about."""
+
+
+class TxnStatus(msgspec.Struct, frozen=True):
+    """What a node knows about one transaction, per local role."""
+
+    txid: str
+    roles: dict[str, str]  # actor name -> machine state or final outcome
+    in_doubt: bool
+    outcome: str | None
 
 
 class RuntimeStatistics(msgspec.Struct, frozen=True):
@@ -28,11 +75,19 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
 
     node: str
     actors: ActorSystemStatistics
+    txn: TxnStatistics
     undeliverable: int
 
 
+def parse_pid(pid: str) -> Address:
+    actor, sep, node = pid.partition("@")
+    if not sep or not actor or not node:
+        raise TransactionError(f"participant {pid!r} must be written 'actor@node'")
+    return Address(node, actor)
+
+
 class Runtime:
-    """A node: an actor system, a clock and a transport, as an async context manager."""
+    """A node: actors, a clock, a WAL, resources and a transport, as an async context manager."""
 
     def __init__(
         self,
@@ -40,20 +95,78 @@ class Runtime:
         *,
         clock: Clock | None = None,
         transport: Transport | None = None,
+        wal_path: str | os.PathLike[str] | None = None,
+        durability: Durability | str | None = None,
+        wal: WalStore | None = None,
+        resources: Mapping[str, Resource] | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
-        if not node or "@" in node:
-            raise ActorError(f"node name must be non-empty and contain no '@', got {node!r}")
+        if not isinstance(node, str) or not node or "@" in node:
+            raise ConfigError(f"node name must be a non-empty str without '@', got {node!r}")
         self.node = node
         self.clock = clock if clock is not None else Clock()
         self.transport: Transport = transport if transport is not None else InProcessTransport()
+        if wal is None:
+            mode = parse_durability(
+                durability if durability is not None else ("full" if wal_path else "memory")
+            )
+            wal = make_wal(wal_path, durability=mode, node=node)
+        self.wal: WalStore = wal
+        self.timeouts = timeouts or Timeouts()
+        _check_timeouts(self.timeouts)
+        self.resources = dict(resources or {})
+        for name, resource in self.resources.items():
+            if not name or "@" in name or name == COORDINATOR_ACTOR:
+                raise ConfigError(f"resource name {name!r} must be non-empty, without '@', "
+                                  f"and not {COORDINATOR_ACTOR!r}")
+            if not isinstance(resource, Resource):
+                raise ConfigError(
+                    f"resource {name!r} is a {type(resource).__name__}, which lacks "
+                    "async prepare/commit/abort"
+                )
         self.system = ActorSystem(self.clock, name=node)
+        self.counters = Counters()
+        self.coordinator = CoordinatorHost(self, node)
+        self.participants: dict[str, ParticipantHost] = {}
+        self._refs: dict[str, ActorRef[Any]] = {}
+        self._addresses: dict[str, Address] = {}
         self._undeliverable = 0
-        self._running = False
+        self._exit: contextlib.AsyncExitStack | None = None
+        self._scope: CancelScope | None = None
+        self._tg: TaskGroup | None = None
+        self._crashed = False
+        self._serial = 0
+        self._tracers: list[Callable[[str, str, str, Any], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
-        await self.system.__aenter__()
-        self.transport.attach(self)
-        self._running = True
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._scope = stack.enter_context(CancelScope())
+            await stack.enter_async_context(self.wal)
+            entries = await self.wal.read_all()
+            await stack.enter_async_context(self.system)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            hosts: dict[str, MachineHost] = {COORDINATOR_ACTOR: self.coordinator}
+            for name, resource in self.resources.items():
+                hosts[name] = ParticipantHost(
+                    self, name, self.node, resource, self._spawn, self.clock.sleep
+                )
+                self.participants[name] = hosts[name]  # type: ignore[assignment]
+            policy = SupervisionPolicy(directive=Directive.ESCALATE)
+            for name, host in hosts.items():
+                self._refs[name] = await self.system.spawn(
+                    _host_factory(host), name=name, mailbox_size=HOST_MAILBOX, policy=policy
+                )
+            pending = rebuild(entries, hosts, str(getattr(self.wal, "where", self.node)))
+            self.transport.attach(self)
+            resume(pending)
+        except BaseException:
+            await stack.__aexit__(*_exc_info())
+            raise
+        self._exit = stack
         return self
 
     async def __aexit__(
@@ -62,9 +175,148 @@ class Runtime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        self._running = False
+        stack, self._exit = self._exit, None
+        assert stack is not None
         self.transport.detach(self.node)
-        return await self.system.__aexit__(exc_type, exc, tb)
+        for host in self._hosts():
+            host.cancel_all_timers()
+        if exc is None and not self._crashed:
+            await self.system.aclose(drain=True)
+        if self._tg is not None:
+            # Resource calls still running belong to transactions that recovery
+            # will finish at the next start; they are cancelled, not awaited.
+            self._tg.cancel_scope.cancel()
+        for future in self.coordinator.waiting.values():
+            if not future.done():
+                future.cancel()
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    def crash(self) -> None:
+        """Stop this node at once, as a process crash would (for tests and the demo).
+
+        Timers, mailboxes and in-flight calls are dropped and the WAL loses every
+        record not yet forced. The `async with` block is cancelled.
+        """
+        self._crashed = True
+        self.transport.detach(self.node)
+        for host in self._hosts():
+            host.cancel_all_timers()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _hosts(self) -> list[MachineHost]:
+        return [self.coordinator, *self.participants.values()]
+
+    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(fn)
+
+    # -- transactions --------------------------------------------------------------
+
+    def new_txid(self) -> str:
+        self._serial += 1
+        return f"{self.node}-{self.clock.rng('txid').getrandbits(48):012x}-{self._serial}"
+
+    async def transact(
+        self,
+        participants: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        *,
+        protocol: str | Protocol = "2pc",
+        timeouts: Timeouts | None = None,
+        txid: str | None = None,
+        cooperative: bool = True,
+    ) -> TxnOutcome:
+        """Run one atomic transaction and return its outcome.
+
+        `participants` maps each participant, written `resource@node`, to the
+        payload its `prepare` receives. `protocol` is "2pc" or "3pc". The
+        outcome is returned once the decision is durable at the coordinator.
+        """
+        if self._exit is None:
+            raise TransactionError(f"runtime {self.node!r} is not running; use `async with`")
+        try:
+            proto = Protocol(protocol)
+        except ValueError:
+            raise ConfigError(
+                f"unknown protocol {protocol!r}; choose '2pc' or '3pc'"
+            ) from None
+        items = list(participants.items() if isinstance(participants, Mapping) else participants)
+        if not items:
+            raise TransactionError("a transaction needs at least one participant")
+        pids = tuple(str(pid) for pid, _ in items)
+        for pid in pids:
+            parse_pid(pid)
+        if len(set(pids)) != len(pids):
+            raise TransactionError(f"participants listed twice in {list(pids)!r}")
+        if timeouts is not None:
+            _check_timeouts(timeouts)
+        if txid is None:
+            txid = self.new_txid()
+        elif txid in self.coordinator.txns or txid in self.coordinator.finished:
+            raise TransactionError(f"transaction id {txid!r} was already used on {self.node!r}")
+        reply: asyncio.Future[TxnOutcome] = asyncio.get_running_loop().create_future()
+        await self._refs[COORDINATOR_ACTOR].tell(
+            StartTxn(
+                txid,
+                proto,
+                pids,
+                tuple(payload for _, payload in items),
+                timeouts or self.timeouts,
+                cooperative,
+                reply,
+            )
+        )
+        return await reply
+
+    def status(self, txid: str) -> TxnStatus:
+        """What this node knows of `txid` (raises `UnknownTransaction` if nothing)."""
+        roles: dict[str, str] = {}
+        in_doubt = False
+        outcome: str | None = None
+        for host in self._hosts():
+            txn = host.txns.get(txid)
+            if txn is not None and txn.machine is not None:
+                state = getattr(txn.machine, "state", None)
+                roles[host.name] = getattr(state, "value", str(state))
+                in_doubt = in_doubt or bool(getattr(txn.machine, "in_doubt", False))
+            elif txid in host.finished:
+                roles[host.name] = host.finished[txid].value
+                if host is self.coordinator or outcome is None:
+                    outcome = host.finished[txid].value
+        if not roles:
+            raise UnknownTransaction(f"node {self.node!r} knows no transaction {txid!r}")
+        return TxnStatus(txid, roles, in_doubt, outcome)
+
+    def on_trace(self, hook: Callable[[str, str, str, Any], None]) -> None:
+        """Call `hook(txid, actor, what, detail)` for forces, logs, timers, decisions."""
+        self._tracers.append(hook)
+
+    # -- HostServices ----------------------------------------------------------------
+
+    def send_nowait(self, to: str, message: Message) -> None:
+        address = self._addresses.get(to)
+        if address is None:
+            address = parse_pid(to)
+            self._addresses[to] = address
+        self.transport.send_nowait(address, message)
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable:
+        return self.clock.call_later(delay_s, callback)
+
+    def log_append(self, txid: str, kind: str, data: bytes) -> None:
+        self.wal.append(txid, kind, data)
+
+    def log_force(self, txid: str, kind: str, data: bytes, done: Callable[[], None]) -> None:
+        self._spawn(lambda: self._force(txid, kind, data, done))
+
+    async def _force(self, txid: str, kind: str, data: bytes, done: Callable[[], None]) -> None:
+        # A failed force escalates: a node that cannot log must stop (fail-stop).
+        await self.wal.force(txid, kind, data)
+        done()
+
+    def trace(self, txid: str, actor: str, what: str, detail: Any) -> None:
+        for hook in self._tracers:
+            hook(txid, actor, what, detail)
 
     # -- actors ----------------------------------------------------------------
 
@@ -88,6 +340,10 @@ class Runtime:
         """The transport address of actor `actor` on this node."""
         return Address(self.node, actor)
 
+    def pid(self, actor: str) -> str:
+        """The process id (`actor@node`) used in transactions for actor `actor` here."""
+        return f"{actor}@{self.node}"
+
     async def send(self, to: Address, message: object) -> None:
         """Send `message` to the actor at `to`, on this node or another, via the transport."""
         await self.transport.send(to, message)
@@ -102,16 +358,73 @@ class Runtime:
             return
         await ref.tell(message)
 
+    def deliver_nowait(self, actor: str, message: object) -> None:
+        ref = self._refs.get(actor)
+        if ref is None:
+            try:
+                ref = self.system.ref(actor)
+            except ActorError:
+                self.system.dead_letter(
+                    actor, message, f"no actor {actor!r} on node {self.node!r}"
+                )
+                return
+        try:
+            ref.tell_nowait(message)
+        except MailboxFull:
+            # Like a network drop: protocols re-send on their timers.
+            self.counters.dropped += 1
+            log.warning("node %s: mailbox of %r full, dropped %s", self.node, actor,
+                        type(message).__name__)
+        else:
+            self.counters.messages_received += 1
+
     def message_type(self, actor: str) -> Any:
         try:
-            self.system.ref(actor)
+            return self.system.message_type_of(actor)
         except ActorError:
             return Any
-        return self.system.message_type_of(actor)
 
     def report_undeliverable(self, actor: str, data: bytes, reason: str) -> None:
         self._undeliverable += 1
         self.system.dead_letter(actor, data, reason)
 
     def statistics(self) -> RuntimeStatistics:
-        return RuntimeStatistics(self.node, self.system.statistics(), self._undeliverable)
+        c = self.counters
+        wal = self.wal.statistics()
+        in_doubt = sum(host.in_doubt() for host in self.participants.values())
+        active = sum(len(host.txns) for host in self._hosts())
+        txn = TxnStatistics(
+            started=c.started,
+            committed=c.committed,
+            aborted=c.aborted,
+            in_doubt=in_doubt,
+            active=active,
+            messages_sent=c.messages_sent,
+            messages_received=c.messages_received,
+            messages_dropped=c.dropped,
+            forces=c.forces,
+            ignored=c.ignored,
+            violations=c.violations,
+            resource_retries=c.resource_retries,
+            wal_commits=wal.commits,
+            wal_records=wal.records_committed,
+            wal_largest_batch=wal.largest_batch,
+        )
+        return RuntimeStatistics(self.node, self.system.statistics(), txn, self._undeliverable)
+
+
+def _host_factory(host: MachineHost) -> Callable[[], HostActor]:
+    return lambda: HostActor(host)
+
+
+def _check_timeouts(timeouts: Timeouts) -> None:
+    for field in timeouts.__struct_fields__:
+        value = getattr(timeouts, field)
+        if not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"timeout {field} must be a number > 0, got {value!r}")
+
+
+def _exc_info() -> tuple[Any, Any, Any]:
+    import sys
+
+    return sys.exc_info()

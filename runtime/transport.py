@@ -42,6 +42,10 @@ class NodePort(Protocol):
         """Hand a decoded message to the named actor (dead-lettering if it is gone)."""
         ...
 
+    def deliver_nowait(self, actor: str, message: object) -> None:
+        """Hand a message over without waiting; a full mailbox drops it (counted)."""
+        ...
+
     def message_type(self, actor: str) -> Any:
         """The type to decode messages for `actor` with (`object` if untyped)."""
         ...
@@ -59,6 +63,8 @@ class Transport(Protocol):
     def detach(self, node: str) -> None: ...
 
     async def send(self, to: Address, message: object) -> None: ...
+
+    def send_nowait(self, to: Address, message: object) -> None: ...
 
 
 class TransportStatistics(msgspec.Struct, frozen=True):
@@ -111,6 +117,33 @@ class InProcessTransport:
                 f"cannot encode {type(message).__name__} for {to}: {exc}"
             ) from exc
         await self.deliver_bytes(to, data)
+
+    def send_nowait(self, to: Address, message: object) -> None:
+        """Deliver without waiting; to a detached node the message is lost (counted)."""
+        port = self._ports.get(to.node)
+        self._messages += 1
+        if self.on_send is not None:
+            self.on_send(to, message)
+        if port is None:
+            self._undeliverable += 1
+            return
+        if not self.encode:
+            port.deliver_nowait(to.actor, message)
+            return
+        data = self._encoder.encode(message)
+        self._bytes += len(data)
+        message_type = port.message_type(to.actor)
+        decoder = self._decoders.get(message_type)
+        if decoder is None:
+            decoder = msgspec.msgpack.Decoder(message_type)
+            self._decoders[message_type] = decoder
+        try:
+            decoded = decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            self._undeliverable += 1
+            port.report_undeliverable(to.actor, data, f"malformed message for {to}: {exc}")
+            return
+        port.deliver_nowait(to.actor, decoded)
 
     async def deliver_bytes(self, to: Address, data: bytes) -> None:
         """Decode bytes for `to` and deliver them; bad bytes are reported, not raised."""

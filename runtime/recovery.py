@@ -1,0 +1,80 @@
+"""Recovery: rebuild every unfinished transaction of a node from its WAL.
+
+Runs before the node accepts messages, so that no message about a recovered
+transaction is answered by presumption while its machine is being rebuilt.
+Replaying is two-step: `rebuild` feeds each (actor, txid) group its records
+(RecordRecovered) without side effects; after the transport is attached,
+`resume` sends RecoveryDone so each machine re-sends decisions or asks for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+from dtxn.protocols.effects import RecordRecovered, RecoveryDone
+from dtxn.protocols.errors import ConfigError, LogCorruptError
+from dtxn.protocols.messages import Protocol
+from dtxn.protocols.records import Record
+from dtxn.protocols.threepc import ThreePCCoordinator, ThreePCParticipant
+from dtxn.protocols.twopc import TwoPCCoordinator, TwoPCParticipant
+from dtxn.runtime.coordinator import CoordinatorHost
+from dtxn.runtime.hosting import LOG_DECODER, LogEntry, MachineHost
+from dtxn.runtime.participant import ParticipantHost
+from dtxn.runtime.wal import WalEntry
+
+Pending = list[tuple[MachineHost, str]]
+
+
+def decode_entries(entries: list[WalEntry], where: str) -> list[tuple[WalEntry, LogEntry]]:
+    decoded = []
+    for entry in entries:
+        try:
+            decoded.append((entry, LOG_DECODER.decode(entry.data)))
+        except msgspec.DecodeError as exc:
+            raise LogCorruptError(
+                f"WAL {where}: record at LSN {entry.lsn} (txid {entry.txid!r}, kind "
+                f"{entry.kind!r}) is not a dtxn log entry: {exc}"
+            ) from exc
+    return decoded
+
+
+def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: str) -> Pending:
+    """Replay records into fresh machines; return the (host, txid) pairs to resume."""
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for entry, log_entry in decode_entries(entries, where):
+        groups.setdefault((log_entry.actor, entry.txid), []).append(log_entry.record)
+    pending: Pending = []
+    for (actor, txid), records in groups.items():
+        host = hosts.get(actor)
+        if host is None:
+            raise ConfigError(
+                f"WAL {where} holds records of {actor!r} for transaction {txid!r}, but this "
+                f"runtime hosts no such actor (known: {', '.join(sorted(hosts))}); "
+                "configure that resource again before starting"
+            )
+        protocol = Protocol.TWO_PC
+        for record in records:
+            found = getattr(record, "protocol", None)
+            if isinstance(found, Protocol):
+                protocol = found
+                break
+        if isinstance(host, CoordinatorHost):
+            machine: TwoPCCoordinator | ThreePCCoordinator | TwoPCParticipant | ThreePCParticipant
+            if protocol is Protocol.TWO_PC:
+                machine = TwoPCCoordinator(txid, host.me)
+            else:
+                machine = ThreePCCoordinator(txid, host.me)
+        else:
+            assert isinstance(host, ParticipantHost)
+            machine = host.new_machine(txid, protocol)
+        host.add(txid, machine)
+        for record in records:
+            host.dispatch(txid, RecordRecovered(record))
+        pending.append((host, txid))
+    return pending
+
+
+def resume(pending: Pending) -> None:
+    for host, txid in pending:
+        host.dispatch(txid, RecoveryDone())

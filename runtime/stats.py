@@ -1,0 +1,58 @@
+"""Transaction counters of one node and their immutable snapshot."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Counters:
+    """Mutable counters, bumped on hot paths (plain attributes: cheap)."""
+
+    __slots__ = (
+        "aborted",
+        "committed",
+        "dropped",
+        "forces",
+        "ignored",
+        "messages_received",
+        "messages_sent",
+        "resource_retries",
+        "started",
+        "violations",
+    )
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.committed = 0
+        self.aborted = 0
+        self.messages_sent = 0
+        self.messages_received = 0
+        self.dropped = 0
+        self.forces = 0
+        self.ignored = 0
+        self.violations = 0
+        self.resource_retries = 0
+
+
+class TxnStatistics(msgspec.Struct, frozen=True):
+    """Snapshot of a node's transaction counters.
+
+    committed/aborted count outcomes decided by this node's coordinator;
+    in_doubt counts participants here that voted yes and await a decision.
+    """
+
+    started: int
+    committed: int
+    aborted: int
+    in_doubt: int
+    active: int
+    messages_sent: int
+    messages_received: int
+    messages_dropped: int
+    forces: int
+    ignored: int
+    violations: int
+    resource_retries: int
+    wal_commits: int
+    wal_records: int
+    wal_largest_batch: int
