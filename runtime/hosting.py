@@ -186,7 +186,7 @@ class MachineHost:
                 record = effect.record
                 services.trace(txid, self.me, "force", record)
                 services.log_force(
-                    txid, kind_of(record), self._encode(record), lambda: self._forced(txid)
+                    txid, kind_of(record), self._encode(record), _Forced(self, txid, record)
                 )
                 return
             elif kind is SetTimer:
@@ -245,10 +245,11 @@ class MachineHost:
     def _encode(self, record: Record) -> bytes:
         return LOG_ENCODER.encode(LogEntry(self.name, record))  # type: ignore[arg-type]
 
-    def _forced(self, txid: str) -> None:
+    def _forced(self, txid: str, record: Record) -> None:
         txn = self.txns.get(txid)
         if txn is None:
             return
+        self.services.trace(txid, self.me, "forced", record)
         txn.blocked = False
         backlog, txn.backlog = txn.backlog, []
         self._run(txid, txn, backlog)
@@ -259,6 +260,20 @@ class MachineHost:
             return
         self.services.trace(txid, self.me, "timer", name)
         self.dispatch(txid, TimerFired(name))
+
+
+class _Forced:
+    """Continuation of a forced record: resumes its transaction's effects."""
+
+    __slots__ = ("host", "record", "txid")
+
+    def __init__(self, host: MachineHost, txid: str, record: Record) -> None:
+        self.host = host
+        self.txid = txid
+        self.record = record
+
+    def __call__(self) -> None:
+        self.host._forced(self.txid, self.record)
 
 
 class _TimerCallback:

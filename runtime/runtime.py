@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from anyio import CancelScope
 from anyio.abc import TaskGroup
@@ -48,7 +49,7 @@ from dtxn.runtime.recovery import rebuild, resume
 from dtxn.runtime.resource import Resource
 from dtxn.runtime.stats import Counters, TxnStatistics
 from dtxn.runtime.transport import Address, InProcessTransport, Transport
-from dtxn.runtime.wal import Durability, WalStore, make_wal, parse_durability
+from dtxn.runtime.wal import Durability, WalError, WalStore, make_wal, parse_durability
 
 M = TypeVar("M")
 
@@ -163,8 +164,14 @@ class Runtime:
             pending = rebuild(entries, hosts, str(getattr(self.wal, "where", self.node)))
             self.transport.attach(self)
             resume(pending)
-        except BaseException:
-            await stack.__aexit__(*_exc_info())
+        except BaseException as exc:
+            try:
+                await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group:
+                # Task groups wrap the start-up error; callers should see it plainly.
+                if _only(group) is exc:
+                    raise exc from None
+                raise
             raise
         self._exit = stack
         return self
@@ -294,6 +301,8 @@ class Runtime:
     # -- HostServices ----------------------------------------------------------------
 
     def send_nowait(self, to: str, message: Message) -> None:
+        if self._crashed:
+            return
         address = self._addresses.get(to)
         if address is None:
             address = parse_pid(to)
@@ -304,15 +313,28 @@ class Runtime:
         return self.clock.call_later(delay_s, callback)
 
     def log_append(self, txid: str, kind: str, data: bytes) -> None:
-        self.wal.append(txid, kind, data)
+        if not self._crashed:
+            self.wal.append(txid, kind, data)
 
     def log_force(self, txid: str, kind: str, data: bytes, done: Callable[[], None]) -> None:
+        # After a crash nothing more reaches the disk, and nothing after the
+        # force runs: the continuation is simply never called.
+        if self._crashed:
+            return
         self._spawn(lambda: self._force(txid, kind, data, done))
 
     async def _force(self, txid: str, kind: str, data: bytes, done: Callable[[], None]) -> None:
         # A failed force escalates: a node that cannot log must stop (fail-stop).
-        await self.wal.force(txid, kind, data)
-        done()
+        if self._crashed:
+            return
+        try:
+            await self.wal.force(txid, kind, data)
+        except WalError:
+            # The WAL stops when the node is cancelled; that is not a disk failure.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            raise
+        if not self._crashed:
+            done()
 
     def trace(self, txid: str, actor: str, what: str, detail: Any) -> None:
         for hook in self._tracers:
@@ -424,7 +446,11 @@ def _check_timeouts(timeouts: Timeouts) -> None:
             raise ConfigError(f"timeout {field} must be a number > 0, got {value!r}")
 
 
-def _exc_info() -> tuple[Any, Any, Any]:
-    import sys
-
-    return sys.exc_info()
+def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The single leaf exception of a nest of one-member groups, else None."""
+    current: BaseException = group
+    while isinstance(current, BaseExceptionGroup):
+        if len(current.exceptions) != 1:
+            return None
+        current = current.exceptions[0]
+    return current

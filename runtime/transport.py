@@ -71,6 +71,7 @@ class TransportStatistics(msgspec.Struct, frozen=True):
     messages: int
     bytes: int
     undeliverable: int
+    dropped: int
 
 
 class InProcessTransport:
@@ -84,7 +85,10 @@ class InProcessTransport:
         self._messages = 0
         self._bytes = 0
         self._undeliverable = 0
-        self.on_send: Callable[[Address, object], None] | None = None
+        # Fault injection for tests and the demo: return False to drop a
+        # message, or an int n > 1 to deliver it n times (duplicates).
+        self.fault: Callable[[Address, object], bool | int] | None = None
+        self._dropped = 0
 
     def attach(self, port: NodePort) -> None:
         if port.node in self._ports:
@@ -105,8 +109,6 @@ class InProcessTransport:
                 f"cannot send {type(message).__name__} to {to}: node {to.node!r} is not attached"
             )
         self._messages += 1
-        if self.on_send is not None:
-            self.on_send(to, message)
         if not self.encode:
             await port.deliver(to.actor, message)
             return
@@ -120,10 +122,20 @@ class InProcessTransport:
 
     def send_nowait(self, to: Address, message: object) -> None:
         """Deliver without waiting; to a detached node the message is lost (counted)."""
-        port = self._ports.get(to.node)
         self._messages += 1
-        if self.on_send is not None:
-            self.on_send(to, message)
+        copies = 1
+        if self.fault is not None:
+            verdict = self.fault(to, message)
+            if verdict is False:
+                self._dropped += 1
+                return
+            if verdict is not True:
+                copies = int(verdict)
+        for _ in range(copies):
+            self._send_one_nowait(to, message)
+
+    def _send_one_nowait(self, to: Address, message: object) -> None:
+        port = self._ports.get(to.node)
         if port is None:
             self._undeliverable += 1
             return
@@ -167,5 +179,5 @@ class InProcessTransport:
         await port.deliver(to.actor, message)
 
     def statistics(self) -> TransportStatistics:
-        return TransportStatistics(self._messages, self._bytes, self._undeliverable)
+        return TransportStatistics(self._messages, self._bytes, self._undeliverable, self._dropped)
 
