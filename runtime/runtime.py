@@ -23,7 +23,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
 import msgspec
 from anyio import CancelScope
 from anyio.abc import TaskGroup
@@ -138,6 +137,7 @@ class Runtime:
         self._crashed = False
         self._serial = 0
         self._tracers: list[Callable[[str, str, str, Any], None]] = []
+        self._wal_error: WalError | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -196,7 +196,10 @@ class Runtime:
         for future in self.coordinator.waiting.values():
             if not future.done():
                 future.cancel()
-        return await stack.__aexit__(exc_type, exc, tb)
+        result = await stack.__aexit__(exc_type, exc, tb)
+        if self._wal_error is not None:
+            raise self._wal_error
+        return result
 
     def crash(self) -> None:
         """Stop this node at once, as a process crash would (for tests and the demo).
@@ -321,20 +324,19 @@ class Runtime:
         # force runs: the continuation is simply never called.
         if self._crashed:
             return
-        self._spawn(lambda: self._force(txid, kind, data, done))
+        self.wal.force_nowait(txid, kind, data, _AfterForce(self, done))
 
-    async def _force(self, txid: str, kind: str, data: bytes, done: Callable[[], None]) -> None:
-        # A failed force escalates: a node that cannot log must stop (fail-stop).
+    def _after_force(self, error: WalError | None, done: Callable[[], None]) -> None:
         if self._crashed:
             return
-        try:
-            await self.wal.force(txid, kind, data)
-        except WalError:
-            # The WAL stops when the node is cancelled; that is not a disk failure.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            raise
-        if not self._crashed:
-            done()
+        if error is not None:
+            # A node that cannot log must stop (fail-stop); the error is raised
+            # when the runtime's block exits, never swallowed.
+            log.critical("node %s: WAL failed, stopping: %s", self.node, error)
+            self._wal_error = error
+            self.crash()
+            return
+        done()
 
     def trace(self, txid: str, actor: str, what: str, detail: Any) -> None:
         for hook in self._tracers:
@@ -433,6 +435,19 @@ class Runtime:
             wal_largest_batch=wal.largest_batch,
         )
         return RuntimeStatistics(self.node, self.system.statistics(), txn, self._undeliverable)
+
+
+class _AfterForce:
+    """Continuation of a forced record (a class, not a closure: it is on the hot path)."""
+
+    __slots__ = ("done", "runtime")
+
+    def __init__(self, runtime: Runtime, done: Callable[[], None]) -> None:
+        self.runtime = runtime
+        self.done = done
+
+    def __call__(self, error: WalError | None) -> None:
+        self.runtime._after_force(error, self.done)
 
 
 def _host_factory(host: MachineHost) -> Callable[[], HostActor]:

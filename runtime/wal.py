@@ -36,7 +36,7 @@ import enum
 import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -142,6 +142,12 @@ class WalStore(Protocol):
         """Add a record; return its LSN once it and every earlier record are durable."""
         ...
 
+    def force_nowait(
+        self, txid: str, kind: str, data: bytes, done: Callable[[WalError | None], None]
+    ) -> int:
+        """Add a record; call `done(None)` once durable, or `done(error)`."""
+        ...
+
     def discard(self, txids: Iterable[str]) -> None:
         """Delete, in the next commit, the records these ended transactions wrote so far."""
         ...
@@ -221,16 +227,29 @@ class _Failure:
 class _Batch:
     """One future commit: the forces whose records ride in it wait on `done`."""
 
-    __slots__ = ("done", "failure")
+    __slots__ = ("callbacks", "done", "failure")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.failure: _Failure | None = None
+        # Continuations of `force_nowait`, called in LSN order once durable.
+        self.callbacks: list[Callable[[WalError | None], None]] = []
 
     def fail(self, failure: _Failure) -> None:
         if not self.done.is_set():
             self.failure = failure
             self.done.set()
+            if self.callbacks:  # error() marks the failure as seen by a caller
+                self._call(failure.error())
+
+    def succeed(self) -> None:
+        self.done.set()
+        self._call(None)
+
+    def _call(self, error: WalError | None) -> None:
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback(error)
 
 
 class GroupCommitWal:
@@ -386,6 +405,24 @@ class GroupCommitWal:
             raise batch.failure.error()
         return lsn
 
+    def force_nowait(
+        self, txid: str, kind: str, data: bytes, done: Callable[[WalError | None], None]
+    ) -> int:
+        """Add a record and call `done(None)` once it is durable (or `done(error)`).
+
+        The cheap form of `force` for callers that continue in a callback rather
+        than a task (the runtime's hosts). Raises `WalFull` when the buffer is full.
+        """
+        self._check_writable()
+        if len(self._rows) >= self._pending_records_max:
+            self._wake.set()
+            raise WalFull(f"WAL {self.where}: {len(self._rows)} records wait for the disk")
+        lsn = self._add(txid, kind, data)
+        self._forces += 1
+        self._batch.callbacks.append(done)
+        self._wake.set()
+        return lsn
+
     def discard(self, txids: Iterable[str]) -> None:
         """Delete, in the next commit, the records these transactions wrote so far.
 
@@ -491,7 +528,7 @@ class GroupCommitWal:
         self._records_committed += len(rows)
         self._largest_batch = max(self._largest_batch, len(rows))
         self._bytes_written += sum(len(row[3]) for row in rows)
-        batch.done.set()
+        batch.succeed()
 
 
 def make_wal(
