@@ -23,10 +23,10 @@ from dtxn.protocols.twopc import (
 )
 from dtxn.runtime.hosting import HostServices, MachineHost
 from dtxn.runtime.resource import Resource
+from dtxn.runtime.workers import WorkerPool
 
 log = logging.getLogger("dtxn.txn")
 
-Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
 
 
@@ -39,12 +39,12 @@ class ParticipantHost(MachineHost):
         name: str,
         node: str,
         resource: Resource,
-        spawn: Spawn,
+        pool: WorkerPool,
         sleep: Sleep,
     ) -> None:
         super().__init__(services, name, node)
         self.resource = resource
-        self._spawn = spawn
+        self.pool = pool
         self._sleep = sleep
 
     def new_machine(self, txid: str, protocol: Protocol) -> TwoPCParticipant | ThreePCParticipant:
@@ -79,9 +79,9 @@ class ParticipantHost(MachineHost):
         op = effect.op
         if op is ResourceOp.PREPARE:
             payload = effect.payload
-            self._spawn(lambda: self._prepare(txid, payload))
+            self.pool.submit_nowait(lambda: self._prepare(txid, payload))
         else:
-            self._spawn(lambda: self._apply(txid, op))
+            self.pool.submit_nowait(lambda: self._apply(txid, op))
 
     async def _prepare(self, txid: str, payload: Any) -> None:
         try:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -49,6 +49,7 @@ from dtxn.runtime.resource import Resource
 from dtxn.runtime.stats import Counters, TxnStatistics
 from dtxn.runtime.transport import Address, InProcessTransport, Transport
 from dtxn.runtime.wal import Durability, WalError, WalStore, make_wal, parse_durability
+from dtxn.runtime.workers import WorkerPool
 
 M = TypeVar("M")
 
@@ -100,6 +101,7 @@ class Runtime:
         wal: WalStore | None = None,
         resources: Mapping[str, Resource] | None = None,
         timeouts: Timeouts | None = None,
+        resource_concurrency: int = 64,
     ) -> None:
         if not isinstance(node, str) or not node or "@" in node:
             raise ConfigError(f"node name must be a non-empty str without '@', got {node!r}")
@@ -114,6 +116,11 @@ class Runtime:
         self.wal: WalStore = wal
         self.timeouts = timeouts or Timeouts()
         _check_timeouts(self.timeouts)
+        if not isinstance(resource_concurrency, int) or resource_concurrency < 1:
+            raise ConfigError(
+                f"resource_concurrency must be an int >= 1, got {resource_concurrency!r}"
+            )
+        self.resource_concurrency = resource_concurrency
         self.resources = dict(resources or {})
         for name, resource in self.resources.items():
             if not name or "@" in name or name == COORDINATOR_ACTOR:
@@ -152,10 +159,12 @@ class Runtime:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             hosts: dict[str, MachineHost] = {COORDINATOR_ACTOR: self.coordinator}
             for name, resource in self.resources.items():
-                hosts[name] = ParticipantHost(
-                    self, name, self.node, resource, self._spawn, self.clock.sleep
+                pool = WorkerPool(f"resource {name!r}", workers=self.resource_concurrency)
+                pool.start(self._tg)
+                participant = ParticipantHost(
+                    self, name, self.node, resource, pool, self.clock.sleep
                 )
-                self.participants[name] = hosts[name]  # type: ignore[assignment]
+                hosts[name] = self.participants[name] = participant
             policy = SupervisionPolicy(directive=Directive.ESCALATE)
             for name, host in hosts.items():
                 self._refs[name] = await self.system.spawn(
@@ -216,10 +225,6 @@ class Runtime:
 
     def _hosts(self) -> list[MachineHost]:
         return [self.coordinator, *self.participants.values()]
-
-    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(fn)
 
     # -- transactions --------------------------------------------------------------
 
