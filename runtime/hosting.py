@@ -167,14 +167,27 @@ class MachineHost:
             return
         services = self.services
         counters = services.counters
+        # Ordered by frequency; isinstance narrows for mypy at no extra cost.
         for index, effect in enumerate(effects):
-            kind = type(effect)
-            if kind is Send:
-                assert isinstance(effect, Send)
+            if isinstance(effect, Send):
                 counters.messages_sent += 1
                 services.send_nowait(effect.to, effect.message)
-            elif kind is ForceLog:
-                assert isinstance(effect, ForceLog)
+            elif isinstance(effect, SetTimer):
+                if txn is None:
+                    raise TypeError(f"SetTimer for {txid!r} without a machine")
+                timers = txn.timers
+                old = timers.pop(effect.name, None)
+                if old is not None:
+                    old.cancel()
+                timers[effect.name] = services.call_later(
+                    effect.delay_s, _TimerCallback(self, txid, effect.name)
+                )
+            elif isinstance(effect, CancelTimer):
+                if txn is not None:
+                    old = txn.timers.pop(effect.name, None)
+                    if old is not None:
+                        old.cancel()
+            elif isinstance(effect, ForceLog):
                 if txn is None:
                     # An answer about an unknown transaction that must be forced
                     # first: park its remaining effects on a placeholder entry.
@@ -189,42 +202,24 @@ class MachineHost:
                     txid, kind_of(record), self._encode(record), _Forced(self, txid, record)
                 )
                 return
-            elif kind is SetTimer:
-                assert isinstance(effect, SetTimer) and txn is not None
-                old = txn.timers.pop(effect.name, None)
-                if old is not None:
-                    old.cancel()
-                txn.timers[effect.name] = services.call_later(
-                    effect.delay_s, _TimerCallback(self, txid, effect.name)
-                )
-            elif kind is CancelTimer:
-                assert isinstance(effect, CancelTimer)
-                if txn is not None:
-                    old = txn.timers.pop(effect.name, None)
-                    if old is not None:
-                        old.cancel()
-            elif kind is Log:
-                assert isinstance(effect, Log)
-                record = effect.record
-                services.trace(txid, self.me, "log", record)
-                services.log_append(txid, kind_of(record), self._encode(record))
-            elif kind is Decide:
-                assert isinstance(effect, Decide)
+            elif isinstance(effect, Decide):
                 self.remember(txid, effect.outcome)
                 services.trace(txid, self.me, "decide", effect.outcome.value)
                 self.on_decide(txid, effect.outcome, effect.reason)
-            elif kind is InvokeResource:
-                assert isinstance(effect, InvokeResource)
-                self.on_invoke(txid, effect)
-            elif kind is Forget:
+            elif isinstance(effect, Forget):
                 if txn is not None:
                     for timer in txn.timers.values():
                         timer.cancel()
                     if self.txns.get(txid) is txn:
                         del self.txns[txid]
                     txn = None
-            elif kind is Ignored:
-                assert isinstance(effect, Ignored)
+            elif isinstance(effect, InvokeResource):
+                self.on_invoke(txid, effect)
+            elif isinstance(effect, Log):
+                record = effect.record
+                services.trace(txid, self.me, "log", record)
+                services.log_append(txid, kind_of(record), self._encode(record))
+            elif isinstance(effect, Ignored):
                 counters.ignored += 1
                 if effect.violation:
                     counters.violations += 1
