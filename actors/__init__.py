@@ -17,6 +17,7 @@ from dtxn.actors.errors import (
     Rejected,
     UnknownMessage,
 )
+from dtxn.actors.mailbox import MailboxStatistics
 from dtxn.actors.ref import ActorRef
 from dtxn.actors.supervision import Directive, SupervisionPolicy
 from dtxn.actors.system import ActorSystem, ActorSystemStatistics, DeadLetter
@@ -37,6 +38,7 @@ __all__ = [
     "DeadLetter",
     "Directive",
     "MailboxFull",
+    "MailboxStatistics",
     "Rejected",
     "SupervisionPolicy",
     "Timekeeper",

@@ -31,6 +31,25 @@ def _accepted_types(param: Any) -> tuple[type, ...]:
     return (object,)
 
 
+def _message_param(cls: type) -> Any:
+    """What `cls` passes as `Actor`'s type parameter, through generic subclasses.
+
+    `class Base(Actor[T])` then `class Concrete(Base[Ping])` must accept `Ping`,
+    so a type variable is substituted by the argument given for it one level down.
+    """
+    for base in getattr(cls, "__orig_bases__", ()):
+        origin = typing.get_origin(base)
+        if origin is Actor:
+            return typing.get_args(base)[0]
+        if isinstance(origin, type) and issubclass(origin, Actor):
+            inner = _message_param(origin)
+            params = getattr(origin, "__parameters__", ())
+            if isinstance(inner, TypeVar) and inner in params:
+                return typing.get_args(base)[params.index(inner)]
+            return inner
+    return None
+
+
 class Actor(Generic[M]):
     """Subclass and implement `receive`. The runtime calls it for one message at a time.
 
@@ -45,18 +64,21 @@ class Actor(Generic[M]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for base in getattr(cls, "__orig_bases__", ()):
-            if typing.get_origin(base) is Actor:
-                (param,) = typing.get_args(base)
-                cls.accepts = _accepted_types(param)
-                cls.message_type = param if cls.accepts != (object,) else object
-                break
+        param = _message_param(cls)
+        if param is not None:
+            cls.accepts = _accepted_types(param)
+            cls.message_type = param if object not in cls.accepts else object
 
     async def on_start(self) -> None:
         """Called once before the first message (and after every restart)."""
 
     async def on_stop(self) -> None:
-        """Called once after the last message, when the actor stops or is restarted."""
+        """Called once for each `on_start` that succeeded, however the actor stops.
+
+        After the last message when drained; on a restart (before the fresh
+        instance starts); shielded from cancellation when the actor is cancelled
+        or its failure escalates, so resources are released in every case.
+        """
 
     async def receive(self, message: M) -> Any:
         """Handle one message; the result is the reply to an ask."""

@@ -1,39 +1,45 @@
-"""`ActorRef`: the address of a running actor, holding only its mailbox's send side.
+"""`ActorRef`: the address of a running actor, holding only its mailbox.
 
-Sends take a fast path (`send_nowait`) and only await when the bounded mailbox
-is full, which is what gives backpressure. A ref never holds the actor, so a
-restarted actor keeps the same ref and mailbox.
+Sends take the fast path (`Mailbox.try_send`) and only await when the bounded
+mailbox is full, which is what gives backpressure. A ref never holds the
+actor, so a restarted actor keeps the same ref and mailbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
-from anyio.streams.memory import MemoryObjectSendStream
+import anyio
+from anyio import CancelScope
 from dtxn.actors.errors import ActorStopped, AskTimeout, MailboxFull
+from dtxn.actors.mailbox import Mailbox, MailboxClosed, MailboxStatistics
 
 if TYPE_CHECKING:
     from dtxn.actors.system import ActorSystem
 
 M = TypeVar("M")
 
-# What travels in a mailbox: the message and, for an ask, the future to reply on.
-Envelope = tuple[Any, "asyncio.Future[Any] | None"]
-
 
 class ActorRef(Generic[M]):
     """Send side of one actor's mailbox: `tell`, `tell_nowait` and `ask`."""
 
-    __slots__ = ("_send", "_system", "name")
+    __slots__ = ("_loop", "_mailbox", "_stopped", "_system", "name")
 
     def __init__(
-        self, name: str, send: MemoryObjectSendStream[Envelope], system: ActorSystem
+        self,
+        name: str,
+        mailbox: Mailbox,
+        system: ActorSystem,
+        loop: asyncio.AbstractEventLoop,
+        stopped: anyio.Event,
     ) -> None:
         self.name = name
-        self._send = send
+        self._mailbox = mailbox
         self._system = system
+        self._loop = loop
+        self._stopped = stopped
 
     def __repr__(self) -> str:
         return f"ActorRef({self.name!r})"
@@ -41,52 +47,53 @@ class ActorRef(Generic[M]):
     async def tell(self, message: M) -> None:
         """Deliver `message`, waiting for room in the mailbox (backpressure).
 
-        A message to a stopped actor is reported as a dead letter, not raised.
+        A message to a stopped actor is reported as a dead letter, not raised:
+        the sender of a tell asked for no answer, and stopping is normal.
         """
+        envelope = (message, None)
         try:
-            self._send.send_nowait((message, None))
-        except WouldBlock:
-            try:
-                await self._send.send((message, None))
-            except (ClosedResourceError, BrokenResourceError):
-                self._system.dead_letter(self.name, message, "actor stopped")
-        except (ClosedResourceError, BrokenResourceError):
+            if not self._mailbox.try_send(envelope):
+                await self._mailbox.send(envelope)
+        except MailboxClosed:
             self._system.dead_letter(self.name, message, "actor stopped")
 
     def tell_nowait(self, message: M) -> None:
         """Deliver `message` now or raise `MailboxFull`; never waits."""
         try:
-            self._send.send_nowait((message, None))
-        except WouldBlock:
+            sent = self._mailbox.try_send((message, None))
+        except MailboxClosed:
+            self._system.dead_letter(self.name, message, "actor stopped")
+            return
+        if not sent:
             raise MailboxFull(
                 f"mailbox of actor {self.name!r} is full "
-                f"({self._send.statistics().max_buffer_size:g} messages); "
-                f"dropped {type(message).__name__}"
-            ) from None
-        except (ClosedResourceError, BrokenResourceError):
-            self._system.dead_letter(self.name, message, "actor stopped")
+                f"({self._mailbox.capacity} messages); dropped {type(message).__name__}"
+            )
 
     async def ask(self, message: M, timeout_s: float | None = None) -> Any:
         """Send `message` and return the reply, or raise the receiver's error.
 
-        Raises `AskTimeout` after `timeout_s` seconds (on the runtime's clock) and
-        `ActorStopped` if the actor stops before replying.
+        Raises `AskTimeout` after `timeout_s` seconds on the runtime's clock,
+        counted from the call, so that the wait for mailbox room is bounded
+        too; and `ActorStopped` if the actor stops before replying.
         """
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Any] = loop.create_future()
+        reply: asyncio.Future[Any] = self._loop.create_future()
+        envelope = (message, reply)
+        timer = None
+        if timeout_s is not None:
+            timer = self._system.clock.call_later(timeout_s, partial(_expire, reply))
         try:
-            self._send.send_nowait((message, reply))
-        except WouldBlock:
             try:
-                await self._send.send((message, reply))
-            except (ClosedResourceError, BrokenResourceError):
-                raise self._stopped(message) from None
-        except (ClosedResourceError, BrokenResourceError):
-            raise self._stopped(message) from None
-        if timeout_s is None:
-            return await reply
-        timer = self._system.clock.call_later(timeout_s, lambda: _expire(reply))
-        try:
+                if self._mailbox.try_send(envelope):
+                    pass
+                elif timer is None:
+                    await self._mailbox.send(envelope)
+                else:
+                    await self._send_before_expiry(envelope, reply)
+            except MailboxClosed:
+                raise ActorStopped(
+                    f"actor {self.name!r} is stopped; ask {type(message).__name__} failed"
+                ) from None
             return await reply
         except _Expired:
             raise AskTimeout(
@@ -94,15 +101,31 @@ class ActorRef(Generic[M]):
                 f"got no reply within {timeout_s}s"
             ) from None
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
-    def _stopped(self, message: object) -> ActorStopped:
-        return ActorStopped(f"actor {self.name!r} is stopped; ask {type(message).__name__} failed")
+    async def _send_before_expiry(self, envelope: Any, reply: asyncio.Future[Any]) -> None:
+        """Slow path of `ask`: wait for room, but give up when the ask's timer fires."""
+        with CancelScope() as scope:
 
-    def statistics(self) -> tuple[int, int]:
-        """(messages queued, mailbox capacity)."""
-        stats = self._send.statistics()
-        return stats.current_buffer_used, int(stats.max_buffer_size)
+            def give_up(_: object) -> None:
+                scope.cancel()
+
+            reply.add_done_callback(give_up)
+            try:
+                await self._mailbox.send(envelope)
+            finally:
+                reply.remove_done_callback(give_up)
+        if scope.cancelled_caught:
+            reply.result()  # raises _Expired
+
+    async def wait_stopped(self) -> None:
+        """Wait until the actor has stopped for good and its mailbox is retired."""
+        await self._stopped.wait()
+
+    def statistics(self) -> MailboxStatistics:
+        """How full this actor's mailbox is."""
+        return self._mailbox.statistics()
 
 
 class _Expired(Exception):

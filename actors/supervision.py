@@ -10,6 +10,7 @@ seconds escalates, as in Erlang/OTP.
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 
 import msgspec
@@ -32,10 +33,14 @@ class SupervisionPolicy(msgspec.Struct, frozen=True):
     within_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.max_restarts < 0:
-            raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
-        if self.within_s <= 0:
-            raise ConfigError(f"within_s must be > 0, got {self.within_s}")
+        # msgspec checks types only when decoding, so a policy built in code is
+        # checked here; a bad policy would otherwise surface at the first failure.
+        if not isinstance(self.directive, Directive):
+            raise ConfigError(f"directive must be a Directive, got {self.directive!r}")
+        if type(self.max_restarts) is not int or self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        if not isinstance(self.within_s, int | float) or not 0 < self.within_s < math.inf:
+            raise ConfigError(f"within_s must be finite and > 0, got {self.within_s!r}")
 
 
 class RestartBudget:

@@ -1,22 +1,24 @@
 """`ActorSystem`: hosts actors in one task group and supervises them.
 
 Every actor runs as a task in the system's task group, so nothing outlives
-the `async with` block. The system owns supervision (see `supervision.py`),
-the dead-letter report and statistics.
+the `async with` block. The system owns the actors' names, the dead-letter
+report and statistics; each actor's task is an `ActorHost` (see `host.py`),
+and the supervision policy lives in `supervision.py`.
 
 Shutdown: leaving the block normally *drains*: every mailbox is closed to new
 messages, each actor handles what was already queued, then `on_stop` runs.
-Messages sent during the drain to an actor that has closed become dead
-letters. `aclose(drain=False)` (or an exception in the block) *cancels*:
-actors stop at once, queued asks fail with `ActorStopped` and queued tells are
-reported as dead letters.
+Messages sent during the drain (including senders still waiting for room)
+become dead letters. `aclose(drain=False)` (or an exception in the block)
+*cancels*: actors stop at once, the ask being handled and every queued ask
+fail with `ActorStopped` and queued tells are reported as dead letters. An
+escalated failure cancels everything and leaves the block as `ActorFailed`
+inside an `ExceptionGroup`, as any anyio task group does.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import math
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -24,22 +26,13 @@ from typing import Any, TypeVar
 
 import anyio
 import msgspec
-from anyio import CancelScope, EndOfStream, WouldBlock
-from anyio.abc import TaskGroup, TaskStatus
-from anyio.lowlevel import checkpoint
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import TaskGroup
 from dtxn.actors.actor import Actor
-from dtxn.actors.errors import (
-    ActorError,
-    ActorFailed,
-    ActorNameTaken,
-    ActorNotFound,
-    ActorStopped,
-    Rejected,
-    UnknownMessage,
-)
-from dtxn.actors.ref import ActorRef, Envelope
-from dtxn.actors.supervision import Directive, RestartBudget, SupervisionPolicy
+from dtxn.actors.errors import ActorError, ActorNameTaken, ActorNotFound
+from dtxn.actors.host import ActorHost
+from dtxn.actors.mailbox import Mailbox
+from dtxn.actors.ref import ActorRef
+from dtxn.actors.supervision import SupervisionPolicy
 from dtxn.actors.timing import Timekeeper
 from dtxn.protocols.errors import ConfigError
 
@@ -47,9 +40,6 @@ log = logging.getLogger("dtxn.actors")
 
 M = TypeVar("M")
 
-# After this many messages handled without suspending, an actor yields to the
-# loop so that a busy actor cannot starve the others.
-_FAIRNESS_BATCH = 64
 _DEAD_LETTERS_KEPT = 1000
 
 
@@ -74,43 +64,17 @@ class ActorSystemStatistics(msgspec.Struct, frozen=True):
     mailbox_depths: dict[str, int]
 
 
-class _Cell:
-    """Everything the system keeps about one running actor."""
+class Counters:
+    """The system's running totals, shared with every host (a snapshot is `statistics()`)."""
 
-    __slots__ = (
-        "actor",
-        "budget",
-        "done",
-        "factory",
-        "name",
-        "recv",
-        "ref",
-        "scope",
-        "send",
-    )
+    __slots__ = ("dead_letters", "failures", "handled", "rejected", "restarts")
 
-    def __init__(
-        self,
-        name: str,
-        factory: Callable[[], Actor[Any]],
-        policy: SupervisionPolicy,
-        send: MemoryObjectSendStream[Envelope],
-        recv: MemoryObjectReceiveStream[Envelope],
-        ref: ActorRef[Any],
-    ) -> None:
-        self.name = name
-        self.factory = factory
-        self.budget = RestartBudget(policy)
-        self.send = send
-        self.recv = recv
-        self.ref = ref
-        self.actor: Actor[Any] | None = None
-        self.scope: CancelScope | None = None
-        self.done = anyio.Event()
-
-
-class _StopRequested(Exception):
-    """Internal: the supervisor decided to stop an actor."""
+    def __init__(self) -> None:
+        self.handled = 0
+        self.dead_letters = 0
+        self.rejected = 0
+        self.failures = 0
+        self.restarts = 0
 
 
 class ActorSystem:
@@ -119,22 +83,23 @@ class ActorSystem:
     def __init__(self, clock: Timekeeper, *, name: str = "system") -> None:
         self.clock = clock
         self.name = name
-        self._cells: dict[str, _Cell] = {}
+        self._hosts: dict[str, ActorHost] = {}
         self._tg: TaskGroup | None = None
+        self._closing = False
         self._serial = 0
+        self._counters = Counters()
         self._dead: deque[DeadLetter] = deque(maxlen=_DEAD_LETTERS_KEPT)
-        self._dead_count = 0
-        self._rejected = 0
-        self._failures = 0
-        self._restarts = 0
-        self._handled = 0
         self._dead_letter_hooks: list[Callable[[DeadLetter], None]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
     async def __aenter__(self) -> ActorSystem:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        if self._tg is not None:
+            raise ActorError(f"actor system {self.name!r} is already running")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._closing = False
         return self
 
     async def __aexit__(
@@ -143,24 +108,36 @@ class ActorSystem:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._tg is not None
+        tg = self._tg
+        assert tg is not None
         try:
-            if exc is None:
+            if exc is not None:
+                self._closing = True
+                tg.cancel_scope.cancel()
+                return await tg.__aexit__(exc_type, exc, tb)
+            try:
                 await self.aclose(drain=True)
-            else:
-                self._tg.cancel_scope.cancel()
+            except BaseException as drain_exc:
+                # An actor escalated during the drain (the task group cancelled
+                # us): let the task group turn that into its ExceptionGroup.
+                if await tg.__aexit__(type(drain_exc), drain_exc, drain_exc.__traceback__):
+                    return None
+                raise
+            return await tg.__aexit__(None, None, None)
         finally:
-            tg, self._tg = self._tg, None
-            result = await tg.__aexit__(exc_type, exc, tb)
-        return result
+            self._tg = None
 
     async def aclose(self, *, drain: bool = True) -> None:
-        """Stop every actor: drain their mailboxes first, or cancel them now."""
-        cells = list(self._cells.values())
-        for cell in cells:
-            self._request_stop(cell, drain=drain)
-        for cell in cells:
-            await cell.done.wait()
+        """Stop every actor, draining their mailboxes first or cancelling them now.
+
+        The system refuses new actors from here on.
+        """
+        self._closing = True
+        hosts = list(self._hosts.values())
+        for host in hosts:
+            host.request_stop(drain=drain)
+        for host in hosts:
+            await host.done.wait()
 
     # -- spawning and lookup ---------------------------------------------------
 
@@ -175,62 +152,63 @@ class ActorSystem:
         """Start an actor built by `factory` and return its ref once `on_start` ran.
 
         `factory` is called again on every restart, so it must build a fresh actor.
+        An exception from the factory or `on_start` is raised here.
         """
-        if self._tg is None:
-            raise ActorError(f"actor system {self.name!r} is not running; use `async with`")
-        if not isinstance(mailbox_size, int) or mailbox_size < 0 or math.isinf(mailbox_size):
-            raise ConfigError(f"mailbox_size must be a finite int >= 0, got {mailbox_size!r}")
+        if self._tg is None or self._closing:
+            state = "closing" if self._closing else "not running; use `async with`"
+            raise ActorError(f"actor system {self.name!r} is {state}")
+        if not callable(factory):
+            raise ConfigError(f"factory must be callable (e.g. the actor class), got {factory!r}")
+        if type(mailbox_size) is not int or mailbox_size < 0:
+            raise ConfigError(f"mailbox_size must be an int >= 0, got {mailbox_size!r}")
+        if policy is not None and not isinstance(policy, SupervisionPolicy):
+            raise ConfigError(f"policy must be a SupervisionPolicy, got {policy!r}")
         if name is None:
             self._serial += 1
             name = f"actor-{self._serial}"
-        if name in self._cells:
-            raise ActorNameTaken(f"an actor named {name!r} is already running")
-        send, recv = anyio.create_memory_object_stream[Envelope](mailbox_size)
-        ref: ActorRef[M] = ActorRef(name, send, self)
-        cell = _Cell(name, factory, policy or SupervisionPolicy(), send, recv, ref)
-        self._cells[name] = cell
-        try:
-            await self._tg.start(self._host, cell)
-        except BaseException:
-            self._cells.pop(name, None)
-            send.close()
-            recv.close()
-            raise
+        elif not isinstance(name, str) or not name or "@" in name:
+            raise ConfigError(f"actor name must be a non-empty str without '@', got {name!r}")
+        if name in self._hosts:
+            raise ActorNameTaken(f"an actor named {name!r} is already running in {self.name!r}")
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(mailbox_size, loop)
+        done = anyio.Event()
+        ref: ActorRef[M] = ActorRef(name, mailbox, self, loop, done)
+        host = ActorHost(
+            self, self._counters, name, factory, policy or SupervisionPolicy(), mailbox, ref, done
+        )
+        self._hosts[name] = host
+        await self._tg.start(host.run)
         return ref
 
     def ref(self, name: str) -> ActorRef[Any]:
         """The ref of the running actor `name`, or `ActorNotFound`."""
-        cell = self._cells.get(name)
-        if cell is None:
-            raise ActorNotFound(f"no running actor named {name!r} in {self.name!r}")
-        return cell.ref
+        return self._host(name).ref
 
     def message_type_of(self, name: str) -> Any:
         """The message type actor `name` declared (`object` when untyped)."""
-        cell = self._cells.get(name)
-        if cell is None or cell.actor is None:
-            raise ActorNotFound(f"no running actor named {name!r} in {self.name!r}")
-        return type(cell.actor).message_type
+        return self._host(name).message_type
 
     def names(self) -> list[str]:
         """Names of the running actors, in spawn order."""
-        return list(self._cells)
+        return list(self._hosts)
 
     async def stop(self, name: str, *, drain: bool = True) -> None:
         """Stop one actor (draining its mailbox, or at once) and wait until it is gone."""
-        cell = self._cells.get(name)
-        if cell is None:
-            raise ActorNotFound(f"no running actor named {name!r} in {self.name!r}")
-        self._request_stop(cell, drain=drain)
-        await cell.done.wait()
+        host = self._host(name)
+        host.request_stop(drain=drain)
+        await host.done.wait()
 
-    def _request_stop(self, cell: _Cell, *, drain: bool) -> None:
-        if drain:
-            cell.send.close()
-        elif cell.scope is not None:
-            cell.scope.cancel()
-        else:
-            cell.send.close()
+    def _host(self, name: str) -> ActorHost:
+        host = self._hosts.get(name)
+        if host is None:
+            raise ActorNotFound(f"no running actor named {name!r} in {self.name!r}")
+        return host
+
+    def _forget(self, host: ActorHost) -> None:
+        """Called by a host as it retires: its name is free again."""
+        if self._hosts.get(host.name) is host:
+            del self._hosts[host.name]
 
     # -- reports ---------------------------------------------------------------
 
@@ -242,10 +220,8 @@ class ActorSystem:
         """Report a message that will never be handled."""
         letter = DeadLetter(recipient, type(message).__name__, reason, message)
         self._dead.append(letter)
-        self._dead_count += 1
-        log.warning(
-            "dead letter: %s to actor %r (%s)", letter.message_type, recipient, reason
-        )
+        self._counters.dead_letters += 1
+        log.warning("dead letter: %s to actor %r (%s)", letter.message_type, recipient, reason)
         for hook in self._dead_letter_hooks:
             hook(letter)
 
@@ -254,131 +230,13 @@ class ActorSystem:
         return list(self._dead)
 
     def statistics(self) -> ActorSystemStatistics:
+        counters = self._counters
         return ActorSystemStatistics(
-            actors=len(self._cells),
-            messages_handled=self._handled,
-            dead_letters=self._dead_count,
-            rejected=self._rejected,
-            failures=self._failures,
-            restarts=self._restarts,
-            mailbox_depths={
-                name: cell.send.statistics().current_buffer_used
-                for name, cell in self._cells.items()
-            },
+            actors=len(self._hosts),
+            messages_handled=counters.handled,
+            dead_letters=counters.dead_letters,
+            rejected=counters.rejected,
+            failures=counters.failures,
+            restarts=counters.restarts,
+            mailbox_depths={name: len(host.mailbox) for name, host in self._hosts.items()},
         )
-
-    # -- the actor task --------------------------------------------------------
-
-    async def _host(self, cell: _Cell, *, task_status: TaskStatus[None]) -> None:
-        try:
-            actor = cell.factory()
-            await actor.on_start()
-            cell.actor = actor
-            task_status.started()
-            stopped_cleanly = True
-            with CancelScope() as scope:
-                cell.scope = scope
-                with contextlib.suppress(_StopRequested):
-                    await self._process(cell)
-            if scope.cancelled_caught:
-                stopped_cleanly = False
-            if cell.actor is not None:
-                # Shielded so that on_stop runs even when the stop was a cancel.
-                with CancelScope(shield=True):
-                    await cell.actor.on_stop()
-            how = "drained" if stopped_cleanly else "cancelled"
-            log.debug("actor %r stopped (%s)", cell.name, how)
-        finally:
-            self._retire(cell)
-
-    async def _process(self, cell: _Cell) -> None:
-        recv = cell.recv
-        batch = 0
-        while True:
-            try:
-                message, reply = recv.receive_nowait()
-            except WouldBlock:
-                try:
-                    message, reply = await recv.receive()
-                except EndOfStream:
-                    return
-                batch = 0
-            except EndOfStream:
-                return
-            actor = cell.actor
-            assert actor is not None
-            try:
-                accepts = actor.accepts
-                if accepts[0] is not object and not isinstance(message, accepts):
-                    raise UnknownMessage(
-                        f"actor {cell.name!r} ({type(actor).__name__}) does not accept "
-                        f"{type(message).__name__}; it accepts "
-                        f"{', '.join(t.__name__ for t in accepts)}"
-                    )
-                result = await actor.receive(message)
-            except Rejected as exc:
-                self._rejected += 1
-                if reply is not None:
-                    if not reply.done():
-                        reply.set_exception(exc)
-                else:
-                    self.dead_letter(cell.name, message, f"rejected: {exc}")
-            except Exception as exc:  # noqa: BLE001 - handed to the supervisor, never dropped
-                if reply is not None and not reply.done():
-                    reply.set_exception(exc)
-                await self._supervise(cell, message, exc)
-            else:
-                if reply is not None and not reply.done():
-                    reply.set_result(result)
-            self._handled += 1
-            batch += 1
-            if batch >= _FAIRNESS_BATCH:
-                batch = 0
-                await checkpoint()
-
-    async def _supervise(self, cell: _Cell, message: object, exc: Exception) -> None:
-        self._failures += 1
-        what = f"actor {cell.name!r} failed handling {type(message).__name__}: {exc!r}"
-        directive = cell.budget.decide(self.clock.now())
-        if directive is Directive.RESTART:
-            log.error("%s; restarting with fresh state", what, exc_info=exc)
-            old, cell.actor = cell.actor, None
-            try:
-                if old is not None:
-                    await old.on_stop()
-                fresh = cell.factory()
-                await fresh.on_start()
-            except Exception as restart_exc:
-                raise ActorFailed(f"{what}; restart failed: {restart_exc!r}") from restart_exc
-            cell.actor = fresh
-            self._restarts += 1
-        elif directive is Directive.STOP:
-            log.error("%s; stopping it (policy)", what, exc_info=exc)
-            cell.send.close()
-            raise _StopRequested
-        else:
-            log.error("%s; escalating", what, exc_info=exc)
-            raise ActorFailed(f"{what}; escalated (restart intensity exceeded or policy)") from exc
-
-    def _retire(self, cell: _Cell) -> None:
-        """Fail every queued ask and report every queued tell; free the name."""
-        cell.send.close()
-        while True:
-            try:
-                message, reply = cell.recv.receive_nowait()
-            except (WouldBlock, EndOfStream):
-                break
-            if reply is not None:
-                if not reply.done():
-                    reply.set_exception(
-                        ActorStopped(
-                            f"actor {cell.name!r} stopped before handling "
-                            f"ask {type(message).__name__}"
-                        )
-                    )
-            else:
-                self.dead_letter(cell.name, message, "actor stopped with message queued")
-        cell.recv.close()
-        if self._cells.get(cell.name) is cell:
-            del self._cells[cell.name]
-        cell.done.set()
