@@ -25,9 +25,14 @@ collect acks (silent = failed), commit. A backup applies a decision locally
 and forces it before broadcasting (log before send).
 
 Recovering processes do not vote: a recovered participant asks the
-coordinator and its peers, and otherwise takes part in termination only with
-the state its log proves. A coordinator recovering after PRE-COMMIT but
-before COMMIT asks the participants instead of deciding.
+coordinator and its peers (and keeps asking the coordinator), and reports in
+termination only the state its log proves. As a backup it decides TR1/TR2 as
+anyone, TR4 only on every participant's report, and TR3 only on every report
+and once the coordinator has shown it never committed: while it was down, a
+commit may have been decided without it (the coordinator presumes silent
+participants failed). A coordinator recovering after PRE-COMMIT but before
+COMMIT asks the participants instead of deciding. Participants force their
+abort as well as their commit, so no decision is forgotten in a crash.
 
 Failure model: fail-stop crashes, reliable links, no partitions, accurate
 timeouts, not every process down. Under a partition 3PC can split its
@@ -255,6 +260,8 @@ class ThreePCCoordinator:
             self.state = Coord3State.ENDED
             return [CancelTimer(ACKS_TIMER), Log(CoordEnded(self.txid)), Forget()]
         if isinstance(message, Decision):
+            if sender not in self.participants:
+                return [Ignored(f"decision from {sender!r}, not a participant", violation=True)]
             # A backup coordinator decided (we were presumed failed, or we
             # are recovering). Adopt it unless we already decided otherwise.
             if state in (Coord3State.WAITING, Coord3State.PRECOMMITTING, Coord3State.RECOVERING):
@@ -395,6 +402,12 @@ class ThreePCParticipant:
         self.precommit_pending: dict[str, None] | None = None
         # Set when this process decided as backup: broadcast once applied locally.
         self.broadcast = False
+        # Set when rebuilt in doubt from the log: it may have missed a decision
+        # taken while it was down, so its own state proves little (see _apply_rules).
+        self.recovered = False
+        # Set when the coordinator asked us: it only asks while recovering with
+        # a pre-commit and no commit in its log, and then it never commits itself.
+        self.coordinator_undecided = False
 
     @property
     def in_doubt(self) -> bool:
@@ -418,12 +431,19 @@ class ThreePCParticipant:
     def _others(self) -> list[str]:
         return [p for p in self.participants if p != self.me]
 
+    def _member(self, sender: str) -> bool:
+        return sender == self.coordinator or sender in self.participants
+
     # -- the normal path ---------------------------------------------------------
 
     def _on_message(self, message: Message) -> list[Effect]:
         state = self.state
         sender = message.sender
         if isinstance(message, Prepare):
+            if state is Part3State.INIT and self.me not in message.participants:
+                return [
+                    Ignored(f"prepare from {sender!r} does not list {self.me!r}", violation=True)
+                ]
             if state is Part3State.INIT:
                 self.state = Part3State.PREPARING
                 self.coordinator = sender
@@ -436,6 +456,10 @@ class ThreePCParticipant:
             if state is Part3State.ABORTED and not self.vote_pending:
                 return [Send(sender, VoteCast(self.txid, self.me, Vote.NO))]
             return [Ignored(f"duplicate prepare in state {state.value}")]
+        if isinstance(message, Decision | PreCommit | StateRequest) and not self._member(sender):
+            return [
+                Ignored(f"{type(message).__name__} from {sender!r}, not a member", violation=True)
+            ]
         if isinstance(message, PreCommit):
             if state is Part3State.UNCERTAIN:
                 self.state = Part3State.COMMITTABLE
@@ -457,6 +481,8 @@ class ThreePCParticipant:
         if isinstance(message, Decision):
             return self._on_decision(message)
         if isinstance(message, DecisionRequest):
+            if sender == self.coordinator:
+                self.coordinator_undecided = True
             return self._answer(sender, None)
         if isinstance(message, StateRequest):
             return self._on_state_request(message)
@@ -535,14 +561,15 @@ class ThreePCParticipant:
             return effects
         if self.state is Part3State.ABORTING and event.op is ResourceOp.ABORT:
             self.state = Part3State.ABORTED
+            # Forced even when not the backup: a lost abort would let this
+            # process come back in doubt and, with others that missed the
+            # abort, commit by TR4 what a backup durably aborted.
+            effects = [ForceLog(PartAborted(self.txid))]
             if self.broadcast:
-                effects = [ForceLog(PartAborted(self.txid))]
                 effects.extend(
                     Send(p, Decision(self.txid, self.me, False))
                     for p in (*self._others(), self.coordinator)
                 )
-            else:
-                effects = [Log(PartAborted(self.txid))]
             effects.extend([Decide(Outcome.ABORTED, self.reason), Forget()])
             return effects
         raise _illegal("participant", self.txid, self.state, event)
@@ -587,15 +614,21 @@ class ThreePCParticipant:
             # Waiting on the coordinator, or on the backup of this round: elect the next.
             self.round += 1
             self._stop_leading()
+            # A recovered process also keeps asking the coordinator, which may
+            # come back with the outcome, with nothing (presumed abort), or
+            # recovering itself (which _apply_rules needs to know).
+            ask: list[Effect] = []
+            if self.recovered:
+                ask.append(Send(self.coordinator, DecisionRequest(self.txid, self.me)))
             if self._candidate(self.round) == self.me:
-                return self._lead()
+                return ask + self._lead()
             self.retry_s = min(self.retry_s * 2, self.timeouts.retry_max_s)
-            return [SetTimer(DECISION_TIMER, self.retry_s)]
+            return [*ask, SetTimer(DECISION_TIMER, self.retry_s)]
         if name == TERMINATION_TIMER and self.leading and self.in_doubt:
             if self.precommit_pending is not None:
                 # TR4: the silent uncertain ones are presumed failed.
                 return self._decide_as_backup(commit=True)
-            return self._apply_rules()
+            return self._apply_rules(complete=False)
         return [Ignored(f"stale timer {name!r} in state {self.state.value}")]
 
     def _lead(self) -> list[Effect]:
@@ -632,15 +665,29 @@ class ThreePCParticipant:
         self.reports[message.sender] = message.state
         if len(self.reports) < len(self.participants):
             return []
-        return self._apply_rules()
+        return self._apply_rules(complete=True)
 
-    def _apply_rules(self) -> list[Effect]:
+    def _apply_rules(self, *, complete: bool) -> list[Effect]:
+        # Our own report is taken now, not when we started leading: a PRE-COMMIT
+        # may have reached us meanwhile, and a committable backup must not TR3.
+        self.reports[self.me] = _PEER_STATE[self.state]
         states = list(self.reports.values())
         cancel: list[Effect] = [CancelTimer(TERMINATION_TIMER)]
         if PeerState.ABORTED in states:  # TR1
             return cancel + self._decide_as_backup(commit=False)
         if PeerState.COMMITTED in states:  # TR2
             return cancel + self._decide_as_backup(commit=True)
+        if self.recovered and not (
+            complete and (PeerState.COMMITTABLE in states or self.coordinator_undecided)
+        ):
+            # A process that was down may have missed a pre-commit and a commit
+            # decided without it, and a silent peer may hold a forced abort. So
+            # it decides TR4 only on every participant's report, and TR3 only
+            # when, besides, the coordinator is known not to have committed
+            # (every participant uncertain, none was ever pre-committed).
+            # Otherwise it waits for the next round or an answer.
+            self._stop_leading()
+            return cancel
         if PeerState.COMMITTABLE not in states:  # TR3
             return cancel + self._decide_as_backup(commit=False)
         # TR4: make the uncertain ones committable first, then commit.
@@ -695,6 +742,7 @@ class ThreePCParticipant:
     def _resume(self) -> list[Effect]:
         if self.in_doubt:
             # Recovering processes ask; they do not vote again.
+            self.recovered = True
             effects: list[Effect] = [
                 Send(p, DecisionRequest(self.txid, self.me))
                 for p in (self.coordinator, *self._others())

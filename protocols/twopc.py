@@ -19,7 +19,9 @@ An in-doubt participant (voted yes, no decision) never aborts on its own
 cooperative termination, its peers (PREPARE carries the participant list):
 a decided peer answers with the decision; a peer that has not voted aborts
 (durably) and answers abort; an uncertain peer answers "uncertain" and the
-asker stays blocked, re-asking with exponential backoff.
+asker stays blocked, re-asking with exponential backoff. A peer that holds
+nothing about the transaction answers "unknown": it may have voted read-only
+(which writes nothing and decides nothing), so it can vouch for no outcome.
 
 Messages that are late, duplicated or for a finished transaction are answered
 or ignored (`Ignored` effect, counted by the runtime), never an error.
@@ -68,6 +70,7 @@ from dtxn.protocols.messages import (
     VoteCast,
 )
 from dtxn.protocols.records import (
+    CoordAborted,
     CoordCommitted,
     CoordEnded,
     PartAborted,
@@ -275,6 +278,12 @@ class TwoPCCoordinator:
         if isinstance(record, CoordEnded):
             self.state = CoordState.ENDED
             return []
+        if isinstance(record, CoordAborted) and self.state is CoordState.INIT:
+            # Written (lazily) by a 3PC coordinator that aborted before
+            # pre-committing; the record names no protocol, so recovery may
+            # hand it to this class. It means what presumed abort means.
+            self.state = CoordState.ABORTED
+            return []
         raise _illegal("coordinator", self.txid, self.state, event)
 
     def _resume(self) -> list[Effect]:
@@ -384,10 +393,12 @@ class TwoPCParticipant:
                     Decide(Outcome.ABORTED, self.reason),
                     Forget(),
                 ]
+            # No Decide: a read-only voter is out of the transaction and never
+            # learns its outcome, so it must not be remembered as committed (it
+            # would then vouch for COMMIT to an in-doubt peer of an aborted one).
             self.state = PartState.READ_ONLY
             return [
                 Send(self.coordinator, VoteCast(self.txid, self.me, Vote.READ_ONLY)),
-                Decide(Outcome.COMMITTED, "read-only"),
                 Forget(),
             ]
         if self.state is PartState.ABORTED and self.vote_pending:
@@ -400,6 +411,8 @@ class TwoPCParticipant:
 
     def _on_decision(self, message: Decision) -> list[Effect]:
         state = self.state
+        if message.sender != self.coordinator and message.sender not in self.participants:
+            return [Ignored(f"decision from {message.sender!r}, not a member", violation=True)]
         if message.commit:
             if state is PartState.PREPARED:
                 self.state = PartState.COMMITTING
@@ -525,22 +538,23 @@ def answer_for_unknown_coordinator(txid: str, me: str, message: Message) -> list
 def answer_for_unknown_participant(txid: str, me: str, message: Message) -> list[Effect]:
     """A participant's answer about a transaction it holds no state for.
 
-    It has not voted (a yes vote is forced first and would have been
-    recovered), so it may abort unilaterally; it forces that abort before
-    answering so that a duplicated PREPARE arriving later is refused. A COMMIT
-    for a forgotten transaction is acknowledged: this participant forgets only
-    after forcing its commit.
+    It has not voted yes (a yes vote is forced first and would have been
+    recovered), but in 2PC it may have voted READ_ONLY, which writes nothing
+    and leaves the transaction free to commit without it. So an inquiry
+    (DecisionRequest, 2PC or a recovering 3PC process) is answered "unknown"
+    and decides nothing. A 3PC termination STATE-REQ is different: 3PC has no
+    read-only votes (every vote but NO is forced), so it aborts unilaterally,
+    forced before answering so that a duplicated PREPARE arriving later is
+    refused. A COMMIT for a forgotten transaction is acknowledged: this
+    participant forgets only after forcing its commit.
     """
-    if isinstance(message, DecisionRequest | StateRequest):
-        reply: Message
-        if isinstance(message, StateRequest):
-            reply = StateReport(txid, me, message.round, PeerState.ABORTED)
-        else:
-            reply = Decision(txid, me, False)
+    if isinstance(message, DecisionRequest):
+        return [Send(message.sender, StatusReply(txid, me, PeerState.UNKNOWN))]
+    if isinstance(message, StateRequest):
         return [
             ForceLog(PartAborted(txid)),
             Decide(Outcome.ABORTED, f"aborted unilaterally on inquiry from {message.sender}"),
-            Send(message.sender, reply),
+            Send(message.sender, StateReport(txid, me, message.round, PeerState.ABORTED)),
         ]
     if isinstance(message, Decision):
         if message.commit:
