@@ -8,8 +8,10 @@ coordinator, 3PC:  PRECOMMIT forced before sending PRE-COMMIT; COMMIT forced
                    before sending COMMIT; END lazy; abort writes a lazy ABORT.
 participant:       PREPARED forced before voting yes; PRECOMMIT forced before
                    acking (3PC); COMMITTED forced before acking the commit;
-                   ABORTED lazy (forced only when it answers "abort" for a
-                   transaction it never voted on, which then must stay aborted).
+                   ABORTED lazy in 2PC (forced when it answers "abort" for a
+                   transaction it never voted on, which then must stay
+                   aborted), always forced in 3PC (a lost abort would bring
+                   the participant back uncertain, free to join a TR4 commit).
 read-only votes write nothing.
 """
 

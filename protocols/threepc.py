@@ -466,7 +466,8 @@ class ThreePCParticipant:
                 return [
                     ForceLog(PartPreCommitted(self.txid)),
                     Send(sender, PreCommitAck(self.txid, self.me)),
-                    SetTimer(DECISION_TIMER, self.timeouts.decision_s),
+                    # The coordinator may wait acks_s for the other acks first.
+                    SetTimer(DECISION_TIMER, self.timeouts.acks_s + self.timeouts.decision_s),
                 ]
             if state is Part3State.COMMITTABLE:
                 return [Send(sender, PreCommitAck(self.txid, self.me))]
@@ -510,7 +511,10 @@ class ThreePCParticipant:
                     )
                 ),
                 Send(self.coordinator, VoteCast(self.txid, self.me, Vote.YES)),
-                SetTimer(DECISION_TIMER, self.timeouts.decision_s),
+                # Accurate timeouts are 3PC's premise: the coordinator may still
+                # be waiting up to votes_s for slower voters, so suspecting it
+                # sooner would start termination against a live coordinator.
+                SetTimer(DECISION_TIMER, self.timeouts.votes_s + self.timeouts.decision_s),
             ]
         if self.state is Part3State.ABORTED and self.vote_pending:
             self.vote_pending = False
