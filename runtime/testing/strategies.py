@@ -1,0 +1,121 @@
+"""Hypothesis strategies for simulated workloads and fault schedules.
+
+    from hypothesis import given
+    from dtxn.testing import check, scenarios
+
+    @given(scenarios(protocol="2pc"))
+    def test_my_bank_stays_atomic(scenario):
+        check(scenario, resource_factory=lambda node: MyBank())
+
+Every strategy draws plain data (a `Scenario`), so hypothesis shrinks it and
+prints it; the run itself is deterministic in the scenario, as stateful and
+shrinking tests need.
+"""
+
+from __future__ import annotations
+
+from dtxn.protocols.messages import Protocol, Vote
+from dtxn.runtime.sim import COORDINATOR_NODE, NODE_FAULTS, Fault, Scenario, TxnSpec, _fail_stop
+from dtxn.runtime.simnet import NetworkFaults
+from hypothesis import strategies as st
+
+__all__ = ["fault_schedules", "network_faults", "scenarios", "transactions", "workloads"]
+
+TIMES_S = st.integers(0, 2000).map(lambda ms: ms / 1000)
+SUBMIT_TIMES_S = st.integers(0, 500).map(lambda ms: ms / 1000)
+VOTES = st.sampled_from([Vote.YES, Vote.YES, Vote.YES, Vote.NO, Vote.READ_ONLY])
+
+
+def node_names(participants: int) -> list[str]:
+    return [COORDINATOR_NODE, *(f"p{i}" for i in range(1, participants + 1))]
+
+
+@st.composite
+def transactions(draw: st.DrawFn, participants: int = 3) -> TxnSpec:
+    """One transaction: a non-empty set of participant nodes, each with a scripted vote."""
+    chosen = draw(st.lists(st.integers(1, participants), min_size=1, max_size=participants,
+                           unique=True))
+    chosen.sort()
+    votes = tuple(draw(VOTES) for _ in chosen)
+    return TxnSpec(draw(SUBMIT_TIMES_S), tuple(chosen), votes)
+
+
+def workloads(
+    participants: int = 3, *, max_txns: int = 3
+) -> st.SearchStrategy[tuple[TxnSpec, ...]]:
+    """A workload: 1..max_txns transactions over `participants` nodes."""
+    return st.lists(transactions(participants), min_size=1, max_size=max_txns).map(tuple)
+
+
+@st.composite
+def _fault(draw: st.DrawFn, participants: int, partitions: bool, storage: bool) -> Fault:
+    names = node_names(participants)
+    kinds = ["crash", "crashforce", "crashforced", "restart"]
+    kinds += ["part", "heal"] if partitions else []
+    if storage:
+        kinds += ["stall", "resume", "fsyncfail"]
+    kind = draw(st.sampled_from(kinds))
+    at_s = draw(TIMES_S)
+    if kind in NODE_FAULTS:
+        return Fault(at_s, kind, nodes=(draw(st.sampled_from(names)),))
+    if kind == "part":
+        side = draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names) - 1,
+                             unique=True))
+        rest = [n for n in names if n not in side]
+        return Fault(at_s, "part", groups=(tuple(sorted(side)), tuple(rest)))
+    return Fault(at_s, "heal")
+
+
+def fault_schedules(
+    participants: int = 3, *, partitions: bool = True, storage: bool = True, max_faults: int = 4
+) -> st.SearchStrategy[tuple[Fault, ...]]:
+    """Timed crashes, restarts, partitions, heals and fsync faults, sorted by time."""
+    return st.lists(_fault(participants, partitions, storage), max_size=max_faults).map(
+        lambda faults: tuple(sorted(faults, key=lambda f: f.at_s))
+    )
+
+
+def network_faults(*, lossy: bool = True) -> st.SearchStrategy[NetworkFaults]:
+    """Drop, duplicate and jitter rates (swarm testing: the rates themselves vary).
+
+    `lossy=False` keeps links reliable (no drops), as 3PC's model requires.
+    """
+    return st.builds(
+        NetworkFaults,
+        drop=st.sampled_from([0.0, 0.02, 0.1] if lossy else [0.0]),
+        duplicate=st.sampled_from([0.0, 0.05, 0.2]),
+        delay_s=st.just(0.001),
+        jitter_s=st.sampled_from([0.0, 0.005, 0.05]),
+    )
+
+
+@st.composite
+def scenarios(
+    draw: st.DrawFn,
+    protocol: Protocol | str = Protocol.TWO_PC,
+    participants: int = 3,
+    *,
+    partitions: bool | None = None,
+    storage: bool | None = None,
+    max_txns: int = 3,
+    max_faults: int = 4,
+) -> Scenario:
+    """A whole scenario.
+
+    3PC stays in its fail-stop model (no partitions, reliable links, no stalled
+    fsyncs, never every process of a transaction down) unless
+    `partitions` (which also brings message loss) or `storage` say otherwise.
+    """
+    proto = Protocol(protocol)
+    if partitions is None:
+        partitions = proto is Protocol.TWO_PC
+    if storage is None:
+        storage = proto is Protocol.TWO_PC
+    txns = draw(workloads(participants, max_txns=max_txns))
+    faults = draw(fault_schedules(participants, partitions=partitions, storage=storage,
+                                  max_faults=max_faults))
+    if proto is Protocol.THREE_PC and not partitions and not storage:
+        faults = tuple(_fail_stop(list(faults), list(txns)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    network = draw(network_faults(lossy=partitions))
+    return Scenario(proto, participants, seed, txns, faults, network)

@@ -1,0 +1,119 @@
+"""Proof that the simulator bites: deliberately broken protocol variants are caught.
+
+Each mutant is a small subclass of a 2PC machine that reorders or alters its
+effects; it is plugged into the simulated cluster through `machine_factory`.
+Hypothesis searches scenarios until one breaks an invariant, and each test
+asserts that happens within a bounded number of examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from dtxn.protocols.effects import Effect, ForceLog, InvokeResource, ResourceOp, Send
+from dtxn.protocols.messages import Protocol, VoteCast
+from dtxn.protocols.twopc import DECISION_TIMER, PartState, TwoPCCoordinator, TwoPCParticipant
+from dtxn.runtime.sim import Scenario, SimulationFailure, check, failing
+from dtxn.testing import scenarios
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis.errors import NoSuchExample
+
+EXAMPLES_MAX = 300
+
+
+class CommitBeforeForce(TwoPCCoordinator):
+    """Sends COMMIT before its c-commit record is durable."""
+
+    def _commit(self, yes: tuple[str, ...]) -> list[Effect]:
+        effects = super()._commit(yes)
+        sends = [e for e in effects if isinstance(e, Send)]
+        rest = [e for e in effects if not isinstance(e, Send)]
+        at = next(i for i, e in enumerate(rest) if isinstance(e, ForceLog))
+        return rest[:at] + sends + rest[at:]
+
+
+class VoteBeforeForce(TwoPCParticipant):
+    """Votes YES before its p-prepared record is durable."""
+
+    def _on_local_vote(self, event: Any) -> list[Effect]:
+        effects = super()._on_local_vote(event)
+        votes = [e for e in effects if isinstance(e, Send) and isinstance(e.message, VoteCast)]
+        if votes and any(isinstance(e, ForceLog) for e in effects):
+            rest = [e for e in effects if e not in votes]
+            return votes + rest
+        return effects
+
+
+class AbortOnTimeout(TwoPCParticipant):
+    """Gives up on its own while prepared when the decision is late (breaks S5)."""
+
+    def _on_timer(self, name: str) -> list[Effect]:
+        if name == DECISION_TIMER and self.state is PartState.PREPARED:
+            self.state = PartState.ABORTING
+            self.reason = "gave up waiting"
+            return [InvokeResource(ResourceOp.ABORT)]
+        return super()._on_timer(name)
+
+
+def swap(coordinator: type | None = None, participant: type | None = None) -> Callable[[Any], Any]:
+    def factory(machine: Any) -> Any:
+        if coordinator is not None and type(machine) is TwoPCCoordinator:
+            return coordinator(machine.txid, machine.me, machine.timeouts,
+                               cooperative=machine.cooperative)
+        if participant is not None and type(machine) is TwoPCParticipant:
+            return participant(machine.txid, machine.me)
+        return machine
+
+    return factory
+
+
+SEARCH = settings(
+    max_examples=EXAMPLES_MAX,
+    database=None,
+    derandomize=True,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+    deadline=None,
+)
+
+
+def caught(factory: Callable[[Any], Any], codes: set[str]) -> Scenario:
+    """The first scenario (within EXAMPLES_MAX) where the mutant breaks one of `codes`."""
+
+    def breaks(scenario: Scenario) -> bool:
+        return any(v.code in codes for v in failing(scenario, machine_factory=factory))
+
+    return find(scenarios(Protocol.TWO_PC), breaks, settings=SEARCH)
+
+
+def test_the_unmutated_protocol_passes_the_same_search() -> None:
+    with pytest.raises(NoSuchExample):
+        caught(swap(), {"S1", "S2", "S3", "S4", "S5", "C", "L"})
+
+
+def test_a_coordinator_that_sends_commit_before_forcing_it_is_caught() -> None:
+    factory = swap(coordinator=CommitBeforeForce)
+    scenario = caught(factory, {"S4"})
+    with pytest.raises(SimulationFailure, match="replay with: dtxn replay"):
+        check(scenario, machine_factory=factory)
+
+
+def test_a_participant_that_votes_yes_before_forcing_prepared_is_caught() -> None:
+    caught(swap(participant=VoteBeforeForce), {"S4"})
+
+
+def test_a_2pc_participant_that_aborts_on_timeout_while_prepared_is_caught() -> None:
+    caught(swap(participant=AbortOnTimeout), {"S5", "S1"})
+
+
+def test_the_minimal_schedule_for_a_mutant_replays_to_the_same_failure() -> None:
+    factory = swap(participant=AbortOnTimeout)
+    scenario = caught(factory, {"S5"})
+    with pytest.raises(SimulationFailure) as first:
+        check(scenario, machine_factory=factory)
+    small = Scenario.parse(first.value.scenario.text())
+    assert len(small.faults) <= len(scenario.faults)
+    with pytest.raises(SimulationFailure):
+        check(small, machine_factory=factory, shrink=False)
