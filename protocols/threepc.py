@@ -632,7 +632,8 @@ class ThreePCParticipant:
             if self.precommit_pending is not None:
                 # TR4: the silent uncertain ones are presumed failed.
                 return self._decide_as_backup(commit=True)
-            return self._apply_rules(complete=False)
+            # Every report may be in already (a single participant leads alone).
+            return self._apply_rules(complete=len(self.reports) == len(self.participants))
         return [Ignored(f"stale timer {name!r} in state {self.state.value}")]
 
     def _lead(self) -> list[Effect]:

@@ -321,11 +321,6 @@ def test_storage_faults_read_back_from_text() -> None:
     assert Scenario.parse(text).text() == text
 
 
-@pytest.mark.xfail(
-    reason="protocols/threepc.py: after a total failure (coordinator recovered after "
-    "c-precommit, its only participant recovered committable) neither side decides",
-    strict=True,
-)
 def test_3pc_finishes_after_its_coordinator_and_participant_both_recover() -> None:
     text = (
         "3pc n=1 seed=0 drop=0 dup=0 delay=0.001 jitter=0 ; tx@0 p1=y ; "
