@@ -184,6 +184,7 @@ class SagaOrchestrator:
     ) -> None:
         self._ancestors = validate(definition)
         self.saga_id = saga_id
+        self.txid = saga_id  # the name every hosted machine answers to
         self.definition = definition
         self.random = random
         self.state = SagaState.INIT

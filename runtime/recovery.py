@@ -16,11 +16,13 @@ from dtxn.protocols.effects import RecordRecovered, RecoveryDone
 from dtxn.protocols.errors import ConfigError, LogCorruptError
 from dtxn.protocols.messages import Protocol
 from dtxn.protocols.records import Record
+from dtxn.protocols.saga_records import SagaStarted
 from dtxn.protocols.threepc import ThreePCCoordinator, ThreePCParticipant
 from dtxn.protocols.twopc import TwoPCCoordinator, TwoPCParticipant
 from dtxn.runtime.coordinator import CoordinatorHost
 from dtxn.runtime.hosting import LOG_DECODER, LogEntry, MachineHost
 from dtxn.runtime.participant import ParticipantHost
+from dtxn.runtime.sagas import SagaHost
 from dtxn.runtime.wal import WalEntry
 
 Pending = list[tuple[MachineHost, str]]
@@ -59,6 +61,18 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
             if isinstance(found, Protocol):
                 protocol = found
                 break
+        if isinstance(host, SagaHost):
+            first = records[0]
+            if not isinstance(first, SagaStarted):
+                raise LogCorruptError(
+                    f"WAL {where}: saga {txid!r} starts with {type(first).__name__}, "
+                    "not a saga-started record"
+                )
+            host.add(txid, host.machine_for(txid, first.definition, first.version))
+            for record in records:
+                host.dispatch(txid, RecordRecovered(record))
+            pending.append((host, txid))
+            continue
         if isinstance(host, CoordinatorHost):
             machine: TwoPCCoordinator | ThreePCCoordinator | TwoPCParticipant | ThreePCParticipant
             if protocol is Protocol.TWO_PC:

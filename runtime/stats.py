@@ -18,6 +18,7 @@ class Counters:
         "messages_sent",
         "resource_retries",
         "started",
+        "stuck",
         "violations",
     )
 
@@ -32,6 +33,7 @@ class Counters:
         self.ignored = 0
         self.violations = 0
         self.resource_retries = 0
+        self.stuck = 0
 
 
 class TxnStatistics(msgspec.Struct, frozen=True):
