@@ -83,3 +83,14 @@ class Actor(Generic[M]):
     async def receive(self, message: M) -> Any:
         """Handle one message; the result is the reply to an ask."""
         raise NotImplementedError(f"{type(self).__name__} must implement receive()")
+
+    def receive_nowait(self, message: M) -> Any:
+        """Optional: handle one message without awaiting anything.
+
+        An actor whose handling never awaits may override this; its host then
+        calls it instead of awaiting `receive`, which saves making and running
+        a coroutine per message. Everything else is as for `receive` (one
+        message at a time, the result is the reply, errors are supervised);
+        `receive` should give the same result, for callers that await it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not handle messages synchronously")

@@ -1,7 +1,8 @@
 """`ActorHost`: the task that runs one actor, one message at a time, under supervision.
 
 The loop in `_process` is the hot path of every message: take an envelope,
-check its type, await `receive`, resolve the ask's future. It reads the
+check its type, await `receive` (or call `receive_nowait`, for an actor that
+defines it), resolve the ask's future. It reads the
 mailbox's buffer directly and keeps the actor in a local so that the
 per-message cost stays a handful of attribute reads.
 
@@ -47,6 +48,7 @@ class ActorHost:
         "_accepts",
         "_cancel_requested",
         "_counters",
+        "_receive_nowait",
         "_system",
         "actor",
         "budget",
@@ -86,6 +88,7 @@ class ActorHost:
             else object
         )
         self._accepts: tuple[type, ...] | None = None
+        self._receive_nowait: Callable[[Any], Any] | None = None
         self.scope: CancelScope | None = None
         self._cancel_requested = False
         self.done = done
@@ -103,6 +106,8 @@ class ActorHost:
         self.message_type = type(actor).message_type
         accepts = type(actor).accepts
         self._accepts = None if object in accepts else accepts
+        overridden = type(actor).receive_nowait is not Actor.receive_nowait
+        self._receive_nowait = actor.receive_nowait if overridden else None
 
     # -- the task ----------------------------------------------------------------
 
@@ -132,6 +137,7 @@ class ActorHost:
         buffer = mailbox.buffer
         counters = self._counters
         accepts = self._accepts
+        receive_nowait = self._receive_nowait
         batch = 0
         while True:
             if not buffer:
@@ -145,7 +151,10 @@ class ActorHost:
             try:
                 if accepts is not None and not isinstance(message, accepts):
                     raise self._unknown(actor, message)
-                result = await actor.receive(message)
+                if receive_nowait is not None:
+                    result = receive_nowait(message)
+                else:
+                    result = await actor.receive(message)
             except Rejected as exc:
                 counters.rejected += 1
                 if reply is None:
@@ -157,6 +166,7 @@ class ActorHost:
                     reply.set_exception(exc)
                 actor = await self._supervise(message, exc)
                 accepts = self._accepts
+                receive_nowait = self._receive_nowait
             except BaseException:
                 # Cancelled mid-message: the asker must not wait forever.
                 if reply is not None and not reply.done():

@@ -53,13 +53,12 @@ class ParticipantHost(MachineHost):
         return ThreePCParticipant(txid, self.me)
 
     def deliver(self, message: Message) -> None:
-        if (
-            isinstance(message, Prepare)
-            and message.txid not in self.txns
-            and message.txid not in self.finished
-        ):
-            self.add(message.txid, self.new_machine(message.txid, message.protocol))
-        super().deliver(message)
+        txid = message.txid
+        txn = self.txns.get(txid)
+        if txn is None and isinstance(message, Prepare) and txid not in self.finished:
+            self.add(txid, self.new_machine(txid, message.protocol))
+            txn = self.txns.get(txid)
+        self._deliver(txid, txn, message)
 
     def answer_unknown(self, message: Message) -> list[Effect] | None:
         outcome = self.finished.get(message.txid)

@@ -14,6 +14,11 @@ one fsync), then wakes every `force` whose record rode in that commit. While a
 commit is in flight new records pile up for the next one, so the number of
 fsyncs follows the disk, not the number of transactions: group commit.
 
+A backend with a thread of its own (SQLite) takes the buffer on that thread,
+just before BEGIN, not when the writer hands the commit over: records forced
+while the commit waited for the thread ride in it. `_lock` guards the buffer
+for that hand-over; the loop never waits on the thread while holding it.
+
 The writer starts a commit when a `force` waits, when the lazy records reach
 `lazy_records_max`, or when the store closes; lazy `append`s and `discard`s
 alone do not pay for an fsync. Commits happen in LSN order, so what is durable
@@ -35,6 +40,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -225,25 +231,35 @@ class _Failure:
 
 
 class _Batch:
-    """One future commit: the forces whose records ride in it wait on `done`."""
+    """One future commit: the forces whose records ride in it wait on `done`.
 
-    __slots__ = ("callbacks", "done", "failure")
+    Built wherever the batch before it is taken, which may be the backend's
+    thread; so `done` (bound to the event loop) is made on the loop, by the
+    first `force` that waits on it.
+    """
+
+    __slots__ = ("callbacks", "done", "failure", "finished")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = None
+        self.finished = False
         self.failure: _Failure | None = None
         # Continuations of `force_nowait`, called in LSN order once durable.
         self.callbacks: list[Callable[[WalError | None], None]] = []
 
     def fail(self, failure: _Failure) -> None:
-        if not self.done.is_set():
+        if not self.finished:
+            self.finished = True
             self.failure = failure
-            self.done.set()
+            if self.done is not None:
+                self.done.set()
             if self.callbacks:  # error() marks the failure as seen by a caller
                 self._call(failure.error())
 
     def succeed(self) -> None:
-        self.done.set()
+        self.finished = True
+        if self.done is not None:
+            self.done.set()
         self._call(None)
 
     def _call(self, error: WalError | None) -> None:
@@ -252,12 +268,22 @@ class _Batch:
             callback(error)
 
 
+# What one commit takes from the buffer: its rows, its discards, and the batch
+# of forces waiting for them.
+Taken = tuple[list[Row], list[tuple[str, int]], _Batch]
+
+
 class GroupCommitWal:
     """The `WalStore` contract over a backend that can commit a batch atomically.
 
     A subclass provides the four `_backend_*` coroutines; everything about
     buffering, LSNs, waking forces and failing them lives here, so the SQLite
     store and the in-memory store behave alike.
+
+    A backend with a thread of its own may take the buffer *on that thread*,
+    when the commit really starts (`_backend_commit_taken`): records handed in
+    while the commit waited for the thread then ride in it instead of paying
+    for one more fsync. `_lock` guards the buffer for that hand-over.
     """
 
     def __init__(
@@ -288,6 +314,14 @@ class GroupCommitWal:
         self._next_lsn = 1
         self._rows: list[Row] = []
         self._discards: list[tuple[str, int]] = []
+        # A forced record waits in `_rows` (cleared when the buffer is taken).
+        self._force_waiting = False
+        # Held only for the few statements that move records into or out of
+        # the buffer (see `_take`), never across an await or a backend call.
+        self._lock = threading.Lock()
+        # `_wake` has been set since the writer last took it (saves force_nowait
+        # setting it again); other callers just set it.
+        self._wake_pending = False
         # Events are bound to a running loop, so they are made in __aenter__.
         self._wake: anyio.Event
         self._room: anyio.Event
@@ -315,6 +349,17 @@ class GroupCommitWal:
         """
         raise NotImplementedError
 
+    async def _backend_commit_taken(self, take: Callable[[], Taken | None]) -> Taken | None:
+        """Commit what `take()` returns (None: nothing, the store failed); return it.
+
+        This default takes at once, on the event loop. A backend that commits on
+        its own thread overrides it to call `take` there, just before BEGIN.
+        """
+        taken = take()
+        if taken is not None:
+            await self._backend_commit(taken[0], taken[1])
+        return taken
+
     async def _backend_close(self) -> None:
         raise NotImplementedError
 
@@ -329,9 +374,11 @@ class GroupCommitWal:
         high_lsn = await self._backend_open()
         self._next_lsn = high_lsn + 1
         self._rows, self._discards = [], []
+        self._force_waiting = False
         self._failure = None
         self._closing = False
         self._wake = anyio.Event()
+        self._wake_pending = False
         self._room = anyio.Event()
         self._writer_done = anyio.Event()
         self._batch = _Batch()
@@ -385,7 +432,8 @@ class GroupCommitWal:
                 f"WAL {self.where}: {len(self._rows)} records wait for the disk;"
                 " use force() to wait for room"
             )
-        self._add(txid, kind, data)
+        with self._lock:
+            self._add(txid, kind, data)
         if len(self._rows) >= self._lazy_records_max:
             self._wake.set()
 
@@ -396,11 +444,19 @@ class GroupCommitWal:
             self._wake.set()
             await self._room.wait()
             self._check_writable()
-        lsn = self._add(txid, kind, data)
+        with self._lock:
+            lsn = self._add(txid, kind, data)
+            batch = self._batch
+            self._force_waiting = True
         self._forces += 1
-        batch = self._batch
-        self._wake.set()
-        await batch.done.wait()
+        # Only the loop finishes batches, so `finished` cannot change between
+        # this check and the wait below.
+        if not batch.finished:
+            done = batch.done
+            if done is None:
+                done = batch.done = anyio.Event()
+            self._wake.set()
+            await done.wait()
         if batch.failure is not None:
             raise batch.failure.error()
         return lsn
@@ -413,14 +469,26 @@ class GroupCommitWal:
         The cheap form of `force` for callers that continue in a callback rather
         than a task (the runtime's hosts). Raises `WalFull` when the buffer is full.
         """
-        self._check_writable()
+        # `_add` and `_check_writable` written out: this runs for every forced
+        # record of every transaction.
+        if self._failure is not None or not self._open or self._closing:
+            self._check_writable()
         if len(self._rows) >= self._pending_records_max:
             self._wake.set()
             raise WalFull(f"WAL {self.where}: {len(self._rows)} records wait for the disk")
-        lsn = self._add(txid, kind, data)
+        # LSNs are given out on the loop only, so outside the lock.
+        lsn = self._next_lsn
+        self._next_lsn = lsn + 1
+        row = (lsn, txid, kind, data, record_checksum(lsn, txid, kind, data))
+        with self._lock:
+            self._rows.append(row)
+            self._batch.callbacks.append(done)
+            self._force_waiting = True
+        self._records_appended += 1
         self._forces += 1
-        self._batch.callbacks.append(done)
-        self._wake.set()
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake.set()
         return lsn
 
     def discard(self, txids: Iterable[str]) -> None:
@@ -436,7 +504,8 @@ class GroupCommitWal:
             if len(self._discards) >= self._pending_records_max:
                 self._wake.set()
                 raise WalFull(f"WAL {self.where}: {len(self._discards)} discards wait for the disk")
-            self._discards.append((txid, bound))
+            with self._lock:
+                self._discards.append((txid, bound))
             self._discarded += 1
         if len(self._discards) >= self._lazy_records_max:
             self._wake.set()
@@ -466,6 +535,7 @@ class GroupCommitWal:
             raise WalError(f"WAL {self.where} is closing")
 
     def _add(self, txid: str, kind: str, data: bytes) -> int:
+        """Buffer one record; the caller holds `_lock` (see also `force_nowait`)."""
         lsn = self._next_lsn
         row = (lsn, txid, kind, data, record_checksum(lsn, txid, kind, data))
         self._next_lsn = lsn + 1
@@ -478,10 +548,12 @@ class GroupCommitWal:
         if self._failure is None:
             self._failure = _Failure(error, reported=reported)
         failure = self._failure
-        if self._in_flight is not None:
-            self._in_flight.fail(failure)
-        self._batch.fail(failure)
-        self._rows, self._discards = [], []
+        with self._lock:
+            in_flight, batch = self._in_flight, self._batch
+            self._rows, self._discards = [], []
+        if in_flight is not None:
+            in_flight.fail(failure)
+        batch.fail(failure)
         self._room.set()
         self._wake.set()
 
@@ -492,9 +564,10 @@ class GroupCommitWal:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
+                self._wake_pending = False
                 if self._failure is not None:
                     return
-                if self._rows or self._discards:
+                if self._commit_due():
                     await self._commit_pending()
                     if self._failure is not None:
                         return
@@ -509,26 +582,57 @@ class GroupCommitWal:
                 self._fail(WalError(f"WAL {self.where} stopped before its records were durable"))
             self._writer_done.set()
 
+    def _commit_due(self) -> bool:
+        """Whether what is buffered should be committed now (see the module docstring).
+
+        Checked rather than trusting `_wake` alone: a wake-up can be stale when
+        the forced record that caused it already rode in a commit taken late.
+        """
+        if not (self._rows or self._discards):
+            return False
+        return (
+            self._force_waiting
+            or self._closing
+            or len(self._rows) >= self._lazy_records_max
+            or len(self._discards) >= self._lazy_records_max
+        )
+
+    def _take(self) -> Taken | None:
+        """Take the whole buffer for one commit; None once the store failed.
+
+        May run on the backend's thread. The batch taken stays `_in_flight`
+        (left set if the commit is cancelled, so that `_fail` reaches its forces).
+        """
+        with self._lock:
+            if self._failure is not None:
+                return None
+            taken = (self._rows, self._discards, self._batch)
+            self._rows, self._discards, self._batch = [], [], _Batch()
+            self._force_waiting = False
+            self._in_flight = taken[2]
+            return taken
+
     async def _commit_pending(self) -> None:
-        rows, self._rows = self._rows, []
-        discards, self._discards = self._discards, []
-        batch, self._batch = self._batch, _Batch()
-        self._room.set()
-        self._room = anyio.Event()
-        # Left set if the commit is cancelled, so that _fail reaches its forces.
-        self._in_flight = batch
         try:
-            await self._backend_commit(rows, discards)
+            taken = await self._backend_commit_taken(self._take)
         except WalError as error:
             self._fail(error)
             self._in_flight = None
             return
+        finally:
+            # Room was made when the buffer was taken (on whichever thread).
+            self._room.set()
+            self._room = anyio.Event()
         self._in_flight = None
+        if taken is None:
+            return
+        rows, _, batch = taken
         self._commits += 1
         self._records_committed += len(rows)
         self._largest_batch = max(self._largest_batch, len(rows))
         self._bytes_written += sum(len(row[3]) for row in rows)
-        batch.succeed()
+        if not batch.finished:  # a `crash()` may have failed it meanwhile
+            batch.succeed()
 
 
 def make_wal(

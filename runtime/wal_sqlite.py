@@ -1,8 +1,10 @@
 """`SqliteWal`: the write-ahead log in a SQLite file, and `read_wal` to inspect one.
 
 The store keeps one aiosqlite connection, whose single thread does all the
-SQLite work. Each group commit is *one* trip to that thread: BEGIN, one
-executemany of the inserts, one executemany of the discards, COMMIT. An
+SQLite work. Each group commit is *one* trip to that thread: take the buffer
+(as late as possible, so records handed in while the trip waited for the
+thread ride along), BEGIN, one executemany of the inserts, one executemany of
+the discards, COMMIT. An
 aiosqlite call costs about as much as an fsync, so one call per record would
 halve the throughput the batching buys.
 
@@ -20,6 +22,8 @@ rising after every record has been discarded.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -37,6 +41,7 @@ from dtxn.runtime.wal import (
     Durability,
     GroupCommitWal,
     Row,
+    Taken,
     WalEntry,
     WalError,
     WalFormatError,
@@ -61,7 +66,9 @@ _SCHEMA = (
     " checksum INTEGER NOT NULL)",
     "CREATE INDEX records_txid ON records (txid)",
 )
-_INSERT = "INSERT INTO records (lsn, txid, kind, data, checksum) VALUES (?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO records (lsn, txid, kind, data, checksum) VALUES "
+# Rows per INSERT statement (5 parameters each, well under SQLite's 32766).
+_INSERT_ROWS_MAX = 256
 _DISCARD = "DELETE FROM records WHERE txid = ? AND lsn < ?"
 _SELECT = "SELECT lsn, txid, kind, data, checksum FROM records ORDER BY lsn"
 _SYNCHRONOUS = {Durability.FULL: "FULL", Durability.NORMAL: "NORMAL"}
@@ -171,12 +178,34 @@ def _open_sync(db: sqlite3.Connection, where: str, node: str | None, synchronous
     return max(int(seq), int(top))
 
 
+@functools.lru_cache(maxsize=_INSERT_ROWS_MAX)
+def _insert_sql(count: int) -> str:
+    return _INSERT + ", ".join(["(?, ?, ?, ?, ?)"] * count)
+
+
+def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:
+    for start in range(0, len(rows), _INSERT_ROWS_MAX):
+        chunk = rows[start : start + _INSERT_ROWS_MAX]
+        db.execute(_insert_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
+
+
 def _commit_sync(db: sqlite3.Connection, rows: list[Row], discards: list[tuple[str, int]]) -> None:
-    """Runs on the connection's thread: one transaction, one COMMIT, one fsync."""
+    """Runs on the connection's thread: one transaction, one COMMIT, one fsync.
+
+    Few statements, because the sqlite3 module lets go of the GIL around each
+    step and must take it back after; while the event loop is busy, taking it
+    back waits up to the interpreter's switch interval (5 ms). So the rows go
+    in multi-row INSERTs rather than an executemany (one step per row), and a
+    batch that fits one INSERT is committed by that statement alone
+    (autocommit: the statement is its own transaction) without BEGIN and COMMIT.
+    """
+    if not discards and 0 < len(rows) <= _INSERT_ROWS_MAX:
+        _insert(db, rows)
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         if rows:
-            db.executemany(_INSERT, rows)
+            _insert(db, rows)
         if discards:
             db.executemany(_DISCARD, discards)
         db.execute("COMMIT")
@@ -184,6 +213,25 @@ def _commit_sync(db: sqlite3.Connection, rows: list[Row], discards: list[tuple[s
         if db.in_transaction:
             db.rollback()
         raise
+
+
+def _commit_taken_sync(
+    db: sqlite3.Connection, where: str, take: Callable[[], Taken | None]
+) -> Taken | None:
+    """Runs on the connection's thread: take the buffer now, as late as can be, and commit it."""
+    taken = take()
+    if taken is None:
+        return None
+    rows, discards, _ = taken
+    if rows or discards:
+        try:
+            _commit_sync(db, rows, discards)
+        except sqlite3.Error as exc:
+            raise WalError(
+                f"WAL {where}: committing {len(rows)} records and {len(discards)} discards"
+                f" failed: {exc}"
+            ) from exc
+    return taken
 
 
 def _read_sync(db: sqlite3.Connection, where: str) -> list[WalEntry]:
@@ -279,6 +327,13 @@ class SqliteWal(GroupCommitWal):
                 f"WAL {self.where}: committing {len(rows)} records and {len(discards)} discards"
                 f" failed: {exc}"
             ) from exc
+
+    async def _backend_commit_taken(self, take: Callable[[], Taken | None]) -> Taken | None:
+        # The buffer is taken on the connection's thread when the commit starts:
+        # the hand-over to that thread can take as long as an fsync, and records
+        # forced meanwhile ride in this commit rather than wait for the next.
+        conn, db = self._connection()
+        return await _on_sqlite_thread(conn, partial(_commit_taken_sync, db, self.where, take))
 
     async def _backend_close(self) -> None:
         conn, self._conn, self._db = self._conn, None, None

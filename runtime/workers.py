@@ -6,17 +6,31 @@ the whole protocol step around it, so each participant host owns a fixed
 set of long-lived workers, started in the runtime's task group, that take
 calls from a bounded queue. The pool size bounds how many calls run against
 one resource concurrently (`resource_concurrency`).
+
+Waking a worker costs a task switch, as much as a cheap call itself, so a
+submit wakes a worker only when none is already on its way; a worker that
+takes a job while more wait wakes the next one first (in case its own job
+suspends), and one whose job finished without suspending takes the next job
+itself. Calls that never suspend then cost a couple of task switches per
+burst instead of one each; calls that do suspend still all start, one wake
+after another, up to the pool size.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint
 from dtxn.protocols.errors import ConfigError, DtxnError
 
 Job = Callable[[], Awaitable[None]]
+
+# A worker that keeps finding jobs yields to the loop after this many in a row,
+# so that a burst of calls that never suspend cannot starve the actors.
+_FAIRNESS_BATCH = 64
 
 
 class WorkQueueFull(DtxnError):
@@ -31,27 +45,69 @@ class WorkerPool:
             raise ConfigError(f"{name}: worker count must be an int >= 1, got {workers!r}")
         self.name = name
         self.workers = workers
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(queue_max)
+        self.queue_max = queue_max
+        self._jobs: deque[Job] = deque()
+        # Futures of the idle workers, each resolved to wake that worker.
+        self._idle: list[asyncio.Future[None]] = []
+        # A worker has been woken and has not taken a job yet.
+        self._waking = False
 
     def start(self, tg: TaskGroup) -> None:
         for _ in range(self.workers):
             tg.start_soon(self._work)
 
     def submit_nowait(self, job: Job) -> None:
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise WorkQueueFull(
-                f"{self.name}: {self._queue.qsize()} resource calls already wait"
-            ) from None
+        jobs = self._jobs
+        if len(jobs) >= self.queue_max:
+            raise WorkQueueFull(f"{self.name}: {len(jobs)} resource calls already wait")
+        jobs.append(job)
+        if not self._waking and self._idle:
+            self._wake_one()
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        return len(self._jobs)
+
+    def _wake_one(self) -> None:
+        idle = self._idle
+        while idle:
+            waiter = idle.pop()
+            # A worker being cancelled (its node crashed) has a cancelled
+            # waiter that it has not removed yet: skip it, wake a live one.
+            if not waiter.done():
+                self._waking = True
+                waiter.set_result(None)
+                return
 
     async def _work(self) -> None:
-        queue = self._queue
+        jobs = self._jobs
+        idle = self._idle
+        loop = asyncio.get_running_loop()
+        batch = 0
         while True:
-            job = await queue.get()
+            if not jobs:
+                waiter: asyncio.Future[None] = loop.create_future()
+                idle.append(waiter)
+                try:
+                    await waiter
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled():
+                        # Woken and cancelled at once: pass the wake on.
+                        self._waking = False
+                        if jobs and idle:
+                            self._wake_one()
+                    elif waiter in idle:
+                        idle.remove(waiter)
+                    raise
+                self._waking = False
+                batch = 0
+                continue
+            job = jobs.popleft()
+            if jobs and idle and not self._waking:
+                self._wake_one()
             # A job handles its own errors (see ParticipantHost); anything that
             # escapes is a bug and fails the runtime's task group.
             await job()
+            batch += 1
+            if batch >= _FAIRNESS_BATCH:
+                batch = 0
+                await checkpoint()

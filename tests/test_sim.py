@@ -373,3 +373,14 @@ def test_a_participant_crashing_while_forcing_prepared_loses_the_vote() -> None:
     )
     result = run(Scenario.parse(text))
     assert result.outcomes == {"t0": "aborted"}
+
+
+def test_a_node_crashing_while_a_prepare_waits_for_a_worker_ends_atomically() -> None:
+    # Found by the simulator: a crash cancelled an idle worker whose wake-up
+    # was then resolved again by the next submitted call (InvalidStateError).
+    run(
+        Scenario.parse(
+            "2pc n=3 seed=4045157186 drop=0 dup=0 delay=0.001 jitter=0 ; "
+            "tx@0.178 p1=y,p2=y,p3=y ; crash@0.179 p3"
+        )
+    )
