@@ -94,6 +94,14 @@ class SqliteBarrier:
                     result = recorded_result(rows, call.op)
                 row = row_to_write(decision, call.op, result)
                 if row is not None:
+                    try:
+                        stored = _ENCODER.encode(row.result)
+                    except (TypeError, msgspec.EncodeError) as exc:
+                        raise ConfigError(
+                            f"barrier work for step {call.step!r} returned "
+                            f"{type(result).__name__}, which cannot be recorded; "
+                            "return plain data (or None)"
+                        ) from exc
                     db.execute(
                         f"INSERT INTO {table} (saga_id, step, op, is_null, result) "
                         "VALUES (?, ?, ?, ?, ?)",
@@ -102,7 +110,7 @@ class SqliteBarrier:
                             call.step,
                             row.op.value,
                             int(row.null),
-                            _ENCODER.encode(row.result),
+                            stored,
                         ),
                     )
                 db.execute("COMMIT")

@@ -39,13 +39,15 @@ from dtxn.actors.errors import ActorError
 from dtxn.actors.timing import Cancellable
 from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.messages import Message, Protocol, Timeouts
+from dtxn.protocols.saga import SagaDefinition, SagaReport
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.coordinator import COORDINATOR_ACTOR, CoordinatorHost, TxnOutcome
 from dtxn.runtime.hosting import MachineHost
-from dtxn.runtime.hosts_actor import HostActor, StartTxn
+from dtxn.runtime.hosts_actor import HostActor, StartSaga, StartTxn
 from dtxn.runtime.participant import ParticipantHost
 from dtxn.runtime.recovery import rebuild, resume
 from dtxn.runtime.resource import Resource
+from dtxn.runtime.sagas import SAGA_ACTOR, SagaHost, SagaOutcome, StepFn
 from dtxn.runtime.stats import Counters, TxnStatistics
 from dtxn.runtime.transport import Address, InProcessTransport, Transport
 from dtxn.runtime.wal import Durability, WalError, WalStore, make_wal, parse_durability
@@ -123,7 +125,7 @@ class Runtime:
         self.resource_concurrency = resource_concurrency
         self.resources = dict(resources or {})
         for name, resource in self.resources.items():
-            if not name or "@" in name or name == COORDINATOR_ACTOR:
+            if not name or "@" in name or name in (COORDINATOR_ACTOR, SAGA_ACTOR):
                 raise ConfigError(f"resource name {name!r} must be non-empty, without '@', "
                                   f"and not {COORDINATOR_ACTOR!r}")
             if not isinstance(resource, Resource):
@@ -134,6 +136,12 @@ class Runtime:
         self.system = ActorSystem(self.clock, name=node)
         self.counters = Counters()
         self.coordinator = CoordinatorHost(self, node)
+        self.sagas = SagaHost(
+            self,
+            node,
+            WorkerPool("saga steps", workers=resource_concurrency),
+            self.clock.rng("saga-jitter").random,
+        )
         self.participants: dict[str, ParticipantHost] = {}
         self._refs: dict[str, ActorRef[Any]] = {}
         self._addresses: dict[str, Address] = {}
@@ -142,8 +150,13 @@ class Runtime:
         self._scope: CancelScope | None = None
         self._tg: TaskGroup | None = None
         self._crashed = False
+        # Set by a crash, or once a stopping node has drained its mailboxes:
+        # from then on nothing more is sent or logged, and continuations of
+        # forced records are dropped (recovery finishes those transactions).
+        self._halted = False
         self._serial = 0
         self._tracers: list[Callable[[str, str, str, Any], None]] = []
+        self.tracing = False
         self._wal_error: WalError | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -157,7 +170,11 @@ class Runtime:
             entries = await self.wal.read_all()
             await stack.enter_async_context(self.system)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            hosts: dict[str, MachineHost] = {COORDINATOR_ACTOR: self.coordinator}
+            hosts: dict[str, MachineHost] = {
+                COORDINATOR_ACTOR: self.coordinator,
+                SAGA_ACTOR: self.sagas,
+            }
+            self.sagas.pool.start(self._tg)
             for name, resource in self.resources.items():
                 pool = WorkerPool(f"resource {name!r}", workers=self.resource_concurrency)
                 pool.start(self._tg)
@@ -198,11 +215,16 @@ class Runtime:
             host.cancel_all_timers()
         if exc is None and not self._crashed:
             await self.system.aclose(drain=True)
+        self._halted = True
         if self._tg is not None:
             # Resource calls still running belong to transactions that recovery
             # will finish at the next start; they are cancelled, not awaited.
             self._tg.cancel_scope.cancel()
-        for future in self.coordinator.waiting.values():
+        waiting: list[asyncio.Future[Any]] = [
+            *self.coordinator.waiting.values(),
+            *self.sagas.waiting.values(),
+        ]
+        for future in waiting:
             if not future.done():
                 future.cancel()
         result = await stack.__aexit__(exc_type, exc, tb)
@@ -217,6 +239,7 @@ class Runtime:
         record not yet forced. The `async with` block is cancelled.
         """
         self._crashed = True
+        self._halted = True
         self.transport.detach(self.node)
         for host in self._hosts():
             host.cancel_all_timers()
@@ -224,7 +247,7 @@ class Runtime:
             self._scope.cancel()
 
     def _hosts(self) -> list[MachineHost]:
-        return [self.coordinator, *self.participants.values()]
+        return [self.coordinator, self.sagas, *self.participants.values()]
 
     # -- transactions --------------------------------------------------------------
 
@@ -302,14 +325,90 @@ class Runtime:
             raise UnknownTransaction(f"node {self.node!r} knows no transaction {txid!r}")
         return TxnStatus(txid, roles, in_doubt, outcome)
 
+    # -- sagas -------------------------------------------------------------------
+
+    def register_saga(self, definition: SagaDefinition, steps: Mapping[str, StepFn]) -> None:
+        """Make a saga runnable (and recoverable) here: its definition and step callables.
+
+        Register every definition before entering the runtime, so that recovery
+        can resume sagas of it that a crash interrupted.
+        """
+        self.sagas.register(definition, steps)
+
+    async def run_saga(
+        self,
+        definition: str | SagaDefinition,
+        payload: Any = None,
+        *,
+        saga_id: str | None = None,
+        version: int | None = None,
+    ) -> SagaOutcome:
+        """Run an orchestrated saga; return when it completed, compensated or got stuck."""
+        if self._exit is None:
+            raise TransactionError(f"runtime {self.node!r} is not running; use `async with`")
+        found = self._definition(definition, version)
+        if saga_id is None:
+            saga_id = f"saga-{self.new_txid()}"
+        elif saga_id in self.sagas.txns or saga_id in self.sagas.ended:
+            raise TransactionError(f"saga id {saga_id!r} was already used on {self.node!r}")
+        reply: asyncio.Future[SagaOutcome] = asyncio.get_running_loop().create_future()
+        await self._refs[SAGA_ACTOR].tell(StartSaga(saga_id, found, payload, reply))
+        return await reply
+
+    def _definition(self, definition: str | SagaDefinition, version: int | None) -> SagaDefinition:
+        if isinstance(definition, SagaDefinition):
+            key = (definition.name, definition.version)
+        else:
+            versions = [v for (n, v) in self.sagas.definitions if n == definition]
+            if not versions:
+                raise ConfigError(f"no saga named {definition!r} is registered on {self.node!r}")
+            key = (definition, version if version is not None else max(versions))
+        found = self.sagas.definitions.get(key)
+        if found is None:
+            raise ConfigError(f"saga {key[0]!r} v{key[1]} is not registered on {self.node!r}")
+        return found
+
+    def saga_ids(self) -> list[str]:
+        """Ids of the sagas running (or stuck) on this node."""
+        return [txid for txid, txn in self.sagas.txns.items() if txn.machine is not None]
+
+    def saga_status(self, saga_id: str) -> SagaReport | SagaOutcome:
+        """The live report of a saga (steps, state, stuck error) or its final outcome."""
+        report = self.sagas.report(saga_id)
+        if report is not None:
+            return report
+        ended = self.sagas.ended.get(saga_id)
+        if ended is None:
+            raise UnknownTransaction(f"node {self.node!r} knows no saga {saga_id!r}")
+        return ended
+
+    async def resume_saga(self, saga_id: str) -> SagaOutcome:
+        """Operator: retry what a stuck saga is stuck on; return its next outcome."""
+        return await self._operate(saga_id, lambda: self.sagas.resume(saga_id))
+
+    async def force_saga(self, saga_id: str, result: Any = None, reason: str = "") -> SagaOutcome:
+        """Operator: declare what a stuck saga is stuck on done (e.g. undone by hand)."""
+        return await self._operate(saga_id, lambda: self.sagas.force(saga_id, result, reason))
+
+    async def _operate(self, saga_id: str, action: Callable[[], None]) -> SagaOutcome:
+        reply: asyncio.Future[SagaOutcome] = asyncio.get_running_loop().create_future()
+        self.sagas.waiting[saga_id] = reply
+        try:
+            action()
+        except BaseException:
+            self.sagas.waiting.pop(saga_id, None)
+            raise
+        return await reply
+
     def on_trace(self, hook: Callable[[str, str, str, Any], None]) -> None:
         """Call `hook(txid, actor, what, detail)` for forces, logs, timers, decisions."""
         self._tracers.append(hook)
+        self.tracing = True
 
     # -- HostServices ----------------------------------------------------------------
 
     def send_nowait(self, to: str, message: Message) -> None:
-        if self._crashed:
+        if self._halted:
             return
         address = self._addresses.get(to)
         if address is None:
@@ -321,18 +420,18 @@ class Runtime:
         return self.clock.call_later(delay_s, callback)
 
     def log_append(self, txid: str, kind: str, data: bytes) -> None:
-        if not self._crashed:
+        if not self._halted:
             self.wal.append(txid, kind, data)
 
     def log_force(self, txid: str, kind: str, data: bytes, done: Callable[[], None]) -> None:
         # After a crash nothing more reaches the disk, and nothing after the
         # force runs: the continuation is simply never called.
-        if self._crashed:
+        if self._halted:
             return
         self.wal.force_nowait(txid, kind, data, _AfterForce(self, done))
 
     def _after_force(self, error: WalError | None, done: Callable[[], None]) -> None:
-        if self._crashed:
+        if self._halted:
             return
         if error is not None:
             # A node that cannot log must stop (fail-stop); the error is raised
@@ -435,6 +534,7 @@ class Runtime:
             ignored=c.ignored,
             violations=c.violations,
             resource_retries=c.resource_retries,
+            stuck=c.stuck,
             wal_commits=wal.commits,
             wal_records=wal.records_committed,
             wal_largest_batch=wal.largest_batch,
@@ -452,7 +552,11 @@ class _AfterForce:
         self.done = done
 
     def __call__(self, error: WalError | None) -> None:
-        self.runtime._after_force(error, self.done)
+        # The common case written out; `_after_force` handles the rest.
+        if error is None and not self.runtime._halted:
+            self.done()
+        else:
+            self.runtime._after_force(error, self.done)
 
 
 def _host_factory(host: MachineHost) -> Callable[[], HostActor]:

@@ -39,7 +39,9 @@ class Counters:
 class TxnStatistics(msgspec.Struct, frozen=True):
     """Snapshot of a node's transaction counters.
 
-    committed/aborted count outcomes decided by this node's coordinator;
+    committed/aborted count outcomes decided by this node's coordinator and
+    sagas it orchestrates (completed / compensated); stuck counts sagas that
+    got stuck on a step an operator must resume or force;
     in_doubt counts participants here that voted yes and await a decision.
     """
 
@@ -55,6 +57,7 @@ class TxnStatistics(msgspec.Struct, frozen=True):
     ignored: int
     violations: int
     resource_retries: int
+    stuck: int
     wal_commits: int
     wal_records: int
     wal_largest_batch: int

@@ -1,0 +1,171 @@
+"""Orchestrated sagas through a real runtime on a SQLite WAL, with crashes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from dtxn.protocols.errors import ConfigError, TransactionError
+from dtxn.protocols.saga import FOREVER, RetryPolicy, SagaDefinition, SagaStep
+from dtxn.protocols.saga_records import SagaState, StepSucceededRecord
+from dtxn.runtime import Runtime
+from dtxn.runtime.sagas import StepCall, StepError
+from nodes import Node, eventually
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = RetryPolicy(max_attempts=3, backoff_ms_initial=1, backoff_ms_max=5)
+
+TRIP = SagaDefinition(
+    "trip",
+    (
+        SagaStep("hotel", "book_hotel", "cancel_hotel", retry=FAST, compensation_retry=FAST),
+        SagaStep("car", "book_car", "cancel_car", ("hotel",), retry=FAST,
+                 compensation_retry=FAST),
+        SagaStep("flight", "book_flight", "cancel_flight", ("car",), retry=FAST,
+                 compensation_retry=FAST),
+    ),
+)
+
+
+class Agency:
+    """Step callables that record every call; failures are scripted per step."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail: set[str] = set()
+        self.gate: dict[str, anyio.Event] = {}
+
+    def steps(self) -> dict[str, object]:
+        def make(name: str):  # type: ignore[no-untyped-def]
+            async def step(call: StepCall) -> str:
+                if name in self.gate:
+                    await self.gate[name].wait()
+                self.calls.append(name)
+                if name in self.fail:
+                    raise StepError(f"{name} failed", retriable=False)
+                return f"{name}-ok"
+
+            return step
+
+        names = ["book_hotel", "cancel_hotel", "book_car", "cancel_car", "book_flight",
+                 "cancel_flight"]
+        return {n: make(n) for n in names}
+
+
+async def test_a_trip_books_hotel_car_and_flight(tmp_path: Path) -> None:
+    agency = Agency()
+    async with Runtime("travel", wal_path=tmp_path / "wal.db") as rt:
+        rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+        outcome = await rt.run_saga("trip", {"who": "Ada"})
+        assert outcome.state is SagaState.COMPLETED
+        assert outcome.results == {"hotel": "book_hotel-ok", "car": "book_car-ok",
+                                   "flight": "book_flight-ok"}
+        assert agency.calls == ["book_hotel", "book_car", "book_flight"]
+        assert rt.saga_status(outcome.saga_id).state is SagaState.COMPLETED
+
+
+async def test_a_failed_flight_cancels_the_car_then_the_hotel(tmp_path: Path) -> None:
+    agency = Agency()
+    agency.fail.add("book_flight")
+    async with Runtime("travel", wal_path=tmp_path / "wal.db") as rt:
+        rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+        outcome = await rt.run_saga("trip", None)
+    assert outcome.state is SagaState.COMPENSATED
+    assert agency.calls == ["book_hotel", "book_car", "book_flight", "cancel_car",
+                            "cancel_hotel"]
+
+
+async def test_an_orchestrator_crash_resumes_from_the_log_without_rerunning_done_steps(
+    tmp_path: Path,
+) -> None:
+    agency = Agency()
+    agency.gate["book_car"] = anyio.Event()
+
+    def make() -> Runtime:
+        rt = Runtime("travel", wal_path=tmp_path / "wal.db")
+        rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+        return rt
+
+    async with anyio.create_task_group() as tg:
+        node = Node(tg, make)
+        rt = await node.start()
+        crashed = anyio.Event()
+
+        def on_trace(txid: str, actor: str, what: str, detail: object) -> None:
+            if what == "forced" and isinstance(detail, StepSucceededRecord):
+                assert node.rt is not None
+                node.rt.crash()  # the hotel's result is durable; the car is running
+                crashed.set()
+
+        rt.on_trace(on_trace)
+        async with anyio.create_task_group() as client:
+            client.start_soon(_run_until_cancelled, rt)
+            await crashed.wait()
+            client.cancel_scope.cancel()
+        await node.crash()
+        agency.gate["book_car"].set()
+        restarted = await node.start()
+        (saga_id,) = restarted.saga_ids()
+        await eventually(lambda: restarted.saga_status(saga_id).state is SagaState.COMPLETED)
+        assert agency.calls.count("book_hotel") == 1  # not run again after the crash
+        assert agency.calls[-1] == "book_flight"
+        await node.stop()
+
+
+async def _run_until_cancelled(rt: Runtime) -> None:
+    await rt.run_saga("trip", None)
+
+
+async def test_a_failing_compensation_gets_stuck_and_an_operator_resumes_it(
+    tmp_path: Path,
+) -> None:
+    agency = Agency()
+    agency.fail.update({"book_flight", "cancel_hotel"})
+    async with Runtime("travel", wal_path=tmp_path / "wal.db") as rt:
+        rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+        stuck = await rt.run_saga("trip", None)
+        assert stuck.state is SagaState.STUCK
+        assert "cancel_hotel failed" in stuck.reason
+        assert rt.saga_status(stuck.saga_id).state is SagaState.STUCK
+        assert rt.statistics().txn.stuck == 1
+        agency.fail.discard("cancel_hotel")  # the operator fixed the hotel's API
+        resumed = await rt.resume_saga(stuck.saga_id)
+        assert resumed.state is SagaState.COMPENSATED
+        assert agency.calls[-1] == "cancel_hotel"
+
+
+async def test_bad_saga_input_gets_clear_errors(tmp_path: Path) -> None:
+    agency = Agency()
+    async with Runtime("travel") as rt:
+        with pytest.raises(ConfigError, match="book_car"):
+            rt.register_saga(TRIP, {"book_hotel": agency.steps()["book_hotel"]})  # type: ignore[dict-item]
+        rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="nope"):
+            await rt.run_saga("nope", None)
+        done = await rt.run_saga("trip", None, saga_id="s-1")
+        with pytest.raises(TransactionError, match="s-1"):
+            await rt.run_saga("trip", None, saga_id="s-1")
+        with pytest.raises(TransactionError, match="unknown"):
+            rt.saga_status("unknown")
+        assert done.completed
+
+
+@pytest.mark.parametrize("example", ["travel_booking.py", "order_saga.py"])
+def test_the_examples_run(example: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    if example == "order_saga.py":
+        assert "reserved by an order in progress: order-1" in result.stdout
+        assert "pending marks left: {}" in result.stdout
+        assert "order-2: compensated" in result.stdout
+
+
+FOREVER_USED = FOREVER  # the order example relies on it
