@@ -1,4 +1,4 @@
-"""The `dtxn` command line: `dtxn version`, `dtxn bench`, `dtxn simulate`, `dtxn replay`."""
+"""The `dtxn` command line: `demo`, `version`, `bench`, `simulate`, `replay`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run the motivating scenarios (2PC/3PC transfers, crashes) and draw their timelines",
+    )
+    demo.add_argument(
+        "--dir",
+        default=None,
+        help="where to write WALs and diagrams (default: a new temporary directory, kept)",
+    )
+    demo.add_argument(
+        "--scenario",
+        default=None,
+        help="comma-separated scenario keys to run (default: all), e.g. 1a,2b",
+    )
+    demo.add_argument("--no-color", action="store_true", help="plain text, no colours")
     commands.add_parser("version", help="print the installed dtxn version")
+    from dtxn.runtime.inspect import add_inspect_parser
+
+    add_inspect_parser(commands)
     bench = commands.add_parser(
         "bench", help="run the benchmark suites (actor core, WAL, atomic commit)"
     )
@@ -199,9 +217,27 @@ def _replay(text: str) -> int:
     return 1 if result.violations else 0
 
 
+def _demo(directory: str | None, scenarios: str | None, no_color: bool) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from dtxn.runtime.demo import run_demo
+
+    where = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="dtxn-demo-"))
+    keys = [key.strip() for key in scenarios.split(",") if key.strip()] if scenarios else None
+    print(f"dtxn demo: writing WALs and diagrams to {where}")
+    return run_demo(where, keys=keys, color=False if no_color else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args.dir, args.scenario, args.no_color)
+    if args.command == "inspect":
+        from dtxn.runtime.inspect import run_inspect
+
+        return run_inspect(args)
     if args.command == "version":
         print(f"dtxn {_version()}")
         return 0
