@@ -19,7 +19,7 @@ from typing import TextIO
 
 import anyio
 import msgspec
-from dtxn.runtime import demo_atomic  # noqa: F401 - registers scenarios 1 and 2
+from dtxn.runtime import demo_atomic, demo_sagas  # noqa: F401 - register scenarios 1-2, 3-4
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.demo_render import Check, render_html, render_mermaid
 from dtxn.runtime.demo_stage import SCENARIOS, SEED, Scenario, Stage, check_transfers

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 from dtxn.protocols.messages import Decision, Prepare, Protocol
+from dtxn.runtime import demo_sagas
 from dtxn.runtime.cli import main
 from dtxn.runtime.demo import run_demo
 from dtxn.runtime.demo_render import render_mermaid
 from dtxn.runtime.demo_stage import SCENARIOS, Stage, scenario
 from dtxn.runtime.demo_timeline import Timeline, render_terminal
+from dtxn.runtime.sagas import StepCall
 
 SLUGS = {key: f"{key}-{s.slug}" for key, s in SCENARIOS.items()}
 
@@ -25,7 +27,7 @@ def test_the_demo_runs_every_scenario_and_exits_zero(
 ) -> None:
     assert main(["demo", "--dir", str(tmp_path), "--no-color"]) == 0
     out = capsys.readouterr().out
-    assert {"1a", "1b", "2a", "2b"} <= set(SCENARIOS)
+    assert {"1a", "1b", "2a", "2b", "3", "4"} <= set(SCENARIOS)
     for key in SCENARIOS:
         assert f"Scenario {key} " in out
     assert "CRASH (process dies)" in out
@@ -33,6 +35,9 @@ def test_the_demo_runs_every_scenario_and_exits_zero(
     assert "status(txid).in_doubt: bank-a True, bank-b True" in out
     assert "RESTART, recovery" in out
     assert "refuse: 80 > limit 60" in out
+    assert out.index("cancelled car-7") < out.index("cancelled hotel-42")
+    assert "told: reserved by an order in progress (order-1)" in out
+    assert "customer is told: order-2 compensated (step 'payment' failed: card declined)" in out
     assert "FAILED" not in out
     assert "invariant checks passed" in out
 
@@ -67,6 +72,49 @@ def test_a_broken_invariant_makes_the_demo_exit_non_zero(tmp_path: Path) -> None
     assert "money is conserved: balances sum to the same total: 150 before, 151 after" in (
         out.getvalue()
     )
+
+
+def test_the_saga_scenarios_write_their_wal_the_shop_database_and_diagrams(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_demo(tmp_path, keys=["3", "4"], color=False) == 0
+    out = capsys.readouterr().out
+    assert "forced compensation-started" in out and "» call cancel_car #1" in out
+    assert "read lamp (READ_PENDING): available=1, pending_by=order-1" in out
+    assert (tmp_path / SLUGS["3"] / "travel.db").exists()
+    assert (tmp_path / SLUGS["4"] / "shop.db").exists()
+    assert (tmp_path / SLUGS["4"] / "shop-data.db").exists()
+    mmd = (tmp_path / f"{SLUGS['3']}.mmd").read_text(encoding="utf-8")
+    assert "cancelled car-7" in mmd and "cancelled hotel-42" in mmd
+
+
+def test_a_compensation_applied_twice_makes_the_travel_scenario_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def cancel_car_then_time_out(self: demo_sagas.Trip, call: StepCall) -> None:
+        self.journal.append(f"cancel car {call.results.get('car')}")
+        if call.attempt == 1:
+            raise TimeoutError("the car service did not answer")  # so it is retried
+
+    monkeypatch.setattr(demo_sagas.Trip, "cancel_car", cancel_car_then_time_out)
+    out = io.StringIO()
+    assert run_demo(tmp_path, keys=["3"], out=out, color=False) == 1
+    assert "FAILED: no step is compensated twice" in out.getvalue()
+    assert "compensated more than once: car" in out.getvalue()
+
+
+def test_a_compensation_that_forgets_the_stock_makes_the_order_scenario_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def forget(self: demo_sagas.Shop, call: StepCall) -> None:
+        await self.barrier.run(call, lambda db: None)  # neither the lamp nor its mark
+
+    monkeypatch.setattr(demo_sagas.Shop, "return_stock", forget)
+    out = io.StringIO()
+    assert run_demo(tmp_path, keys=["4"], out=out, color=False) == 1
+    text = out.getvalue()
+    assert "FAILED: no pending mark is left (G5): lamp by order-2" in text
+    assert "FAILED: stock is conserved" in text
 
 
 def test_an_unknown_scenario_is_refused(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 import aiosqlite
 import anyio
 import pytest
-
 from dtxn.protocols.saga import FOREVER, RetryPolicy, SagaDefinition, SagaStep
 from dtxn.protocols.saga_records import SagaState
 from dtxn.runtime import Runtime
