@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser(
         "simulate", help="run random crash/network-fault schedules in the deterministic simulator"
     )
-    simulate.add_argument("--protocol", default="2pc", choices=["2pc", "3pc"])
+    simulate.add_argument("--protocol", default="2pc", choices=["2pc", "3pc", "saga"])
     simulate.add_argument("--schedules", type=int, default=1000, help="how many (default 1000)")
     simulate.add_argument("--seed", type=int, default=0, help="derives every schedule (default 0)")
     simulate.add_argument("--participants", type=int, default=3, help="participant nodes")
@@ -100,6 +100,10 @@ def _sweep_chunk(job: tuple[str, int, int, int, int]) -> Any:
     from dtxn.runtime.sim import sweep
 
     protocol, count, seed, participants, start = job
+    if protocol == "saga":
+        from dtxn.runtime.sim_sagas import sweep as saga_sweep
+
+        return saga_sweep(count, seed, start=start)
     return sweep(protocol, count, seed, participants=participants, start=start)
 
 
@@ -162,7 +166,11 @@ def _simulate(
                 bar.update(task, completed=done)
 
     try:
-        if jobs == 1:
+        if jobs == 1 and protocol == "saga":
+            from dtxn.runtime.sim_sagas import sweep as saga_sweep
+
+            stats: Any = saga_sweep(schedules, seed, progress=progress)
+        elif jobs == 1:
             stats = sweep(protocol, schedules, seed, participants=participants, progress=progress)
         else:
             stats = _parallel_sweep(protocol, schedules, seed, participants, jobs, progress)
@@ -184,7 +192,13 @@ def _simulate(
             f"{report['violations']} with violations, {report['schedules_per_s']} schedules/s"
         )
     if stats.first_failure is not None:
-        small, violations = minimize(stats.first_failure)
+        small: Any
+        if protocol == "saga":
+            from dtxn.runtime.sim_sagas import minimize as saga_minimize
+
+            small, violations = saga_minimize(stats.first_failure)
+        else:
+            small, violations = minimize(stats.first_failure)
         out = sys.stderr if as_json else sys.stdout
         print("first violation, minimized:", file=out)
         for violation in violations[:10]:
@@ -200,6 +214,8 @@ def _replay(text: str) -> int:
     from dtxn.runtime.sim import Scenario, run
     from dtxn.runtime.simnet import describe
 
+    if text.strip().startswith("saga"):
+        return _replay_saga(text)
     try:
         scenario = Scenario.parse(text)
     except (ValueError, KeyError) as exc:
@@ -212,6 +228,27 @@ def _replay(text: str) -> int:
     print(f"# {result.events} events, virtual time {result.virtual_s:.3f}s, "
           f"trace hash {result.trace_hash}")
     print(f"# outcomes: {result.outcomes}")
+    for violation in result.violations:
+        print(f"VIOLATION {violation}")
+    return 1 if result.violations else 0
+
+
+def _replay_saga(text: str) -> int:
+    from dtxn.runtime.sim_sagas import SagaScenario, run
+    from dtxn.runtime.simnet import describe
+
+    try:
+        scenario = SagaScenario.parse(text)
+    except (ValueError, KeyError) as exc:
+        print(f"dtxn replay: cannot read saga schedule: {exc}", file=sys.stderr)
+        return 2
+    result = run(scenario, raise_on_violation=False)
+    print(f"# {scenario.text()}")
+    for at_s, what, detail in result.trace:
+        print(f"{at_s:10.6f}  {what:<9} {describe(detail)}")
+    print(f"# {result.events} events, virtual time {result.virtual_s:.3f}s, "
+          f"trace hash {result.trace_hash}")
+    print(f"# ends: {result.outcomes}")
     for violation in result.violations:
         print(f"VIOLATION {violation}")
     return 1 if result.violations else 0
