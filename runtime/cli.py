@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUITES = ("actors", "wal", "txn")
+SUITES = ("actors", "wal", "txn", "sagas")
 
 
 def _bench(suite: str, quick: bool, as_json: bool) -> int:
