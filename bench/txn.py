@@ -46,6 +46,7 @@ PROTOCOLS = ("2pc", "3pc")
 PARTICIPANTS = (1, 3, 8)
 CONCURRENCY = (1, 16, 256)
 DURABILITY = ("full",)
+DURABILITIES = ("full", "normal", "memory")
 QUICK_PARTICIPANTS = (3,)
 RECORD = b"r" * 100  # about the size of an encoded PREPARED record
 
@@ -66,8 +67,14 @@ class NoOp:
         return None
 
 
-def _sizes(quick: bool, concurrency: int) -> tuple[int, float]:
+# (transactions per client task, time budget in seconds), or None for the defaults.
+Sizes = tuple[int, float] | None
+
+
+def _sizes(quick: bool, concurrency: int, override: Sizes = None) -> tuple[int, float]:
     """(transactions per client task, time budget in seconds) for one cell."""
+    if override is not None:
+        return override
     total = 2048 if quick else 8192
     budget = 3.0 if quick else 8.0
     if concurrency == 1:
@@ -140,6 +147,7 @@ async def _dtxn_cell(
     concurrency: int,
     durability: str,
     quick: bool,
+    sizes: Sizes = None,
 ) -> dict[str, Any]:
     transport = InProcessTransport()
     cell = root / f"{protocol}-p{participants}-c{concurrency}-{durability}"
@@ -170,7 +178,7 @@ async def _dtxn_cell(
         outcome = await coord.transact(payload, protocol=protocol)
         return outcome.committed
 
-    per_task, budget_s = _sizes(quick, concurrency)
+    per_task, budget_s = _sizes(quick, concurrency, sizes)
     async with contextlib.AsyncExitStack() as stack:
         for node in nodes:
             await stack.enter_async_context(node)
@@ -255,7 +263,7 @@ class GroupWriter:
 
 
 async def _floor_2pc(
-    root: Path, participants: int, concurrency: int, quick: bool
+    root: Path, participants: int, concurrency: int, quick: bool, sizes: Sizes = None
 ) -> dict[str, Any]:
     """2PC by hand: tasks, queues and group-committed sqlite3 writers, nothing else."""
     cell = root / f"floor-p{participants}-c{concurrency}"
@@ -315,7 +323,7 @@ async def _floor_2pc(
 
     loops = [asyncio.get_running_loop().create_task(participant(i)) for i in range(participants)]
     loops.append(asyncio.get_running_loop().create_task(coordinator_inbox()))
-    per_task, budget_s = _sizes(quick, concurrency)
+    per_task, budget_s = _sizes(quick, concurrency, sizes)
     try:
         await _drive(min(concurrency, 16), 5, budget_s, one)
         committed, elapsed_s, latencies = await _drive(concurrency, per_task, budget_s, one)
@@ -380,31 +388,46 @@ def run(
     durability: Sequence[str] = DURABILITY,
     directory: str | os.PathLike[str] | None = None,
     floor_participants: int = 3,
+    sizes: Sizes = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure every cell and the baselines; return them as plain data (see module docstring)."""
+    """Measure every cell and the baselines; return them as plain data (see module docstring).
+
+    `sizes` overrides (transactions per client task, time budget in seconds) for
+    every cell and the floor, and shortens the raw-sqlite baseline to match (tests
+    use it to stay fast). `progress` is called with a short label after each of
+    the `steps(...)` measurements.
+    """
     if participants is None:
         participants = QUICK_PARTICIPANTS if quick else PARTICIPANTS
+    done = progress if progress is not None else (lambda label: None)
+    forced_commits = 100 if quick else 500
+    if sizes is not None:
+        forced_commits = max(5, min(forced_commits, sizes[0]))
     results: list[dict[str, Any]] = []
     floor: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="dtxn-bench-txn-", dir=directory) as tmp:
         root = Path(tmp)
-        forced = _sqlite_forced_commits(root / "forced.db", 100 if quick else 500)
+        forced = _sqlite_forced_commits(root / "forced.db", forced_commits)
+        done("raw sqlite forced commits")
         for c in concurrency:
             floor[str(c)] = _run_async(
-                functools.partial(_floor_2pc, root, floor_participants, c, quick)
+                functools.partial(_floor_2pc, root, floor_participants, c, quick, sizes)
             )
+            done(f"2pc floor, concurrency {c}")
         for mode in durability:
             for proto in protocols:
                 for n in participants:
                     for c in concurrency:
                         cell: dict[str, Any] = _run_async(
-                            functools.partial(_dtxn_cell, root, proto, n, c, mode, quick)
+                            functools.partial(_dtxn_cell, root, proto, n, c, mode, quick, sizes)
                         )
                         base = floor.get(str(c))
                         if (proto == "2pc" and n == floor_participants and mode == "full"
                                 and base is not None):
                             cell["vs_floor"] = cell["tx_per_s"] / base["tx_per_s"]
                         results.append(cell)
+                        done(f"{proto} x{n} c{c} {mode}")
     return {
         "quick": quick,
         "loop": _loop_name(),
@@ -422,7 +445,19 @@ def run(
     }
 
 
-def _rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def steps(
+    *,
+    protocols: Sequence[str],
+    participants: Sequence[int],
+    concurrency: Sequence[int],
+    durability: Sequence[str],
+) -> int:
+    """How many times `run` calls `progress` for this matrix (for a progress bar's total)."""
+    cells = len(protocols) * len(participants) * len(concurrency) * len(durability)
+    return 1 + len(concurrency) + cells
+
+
+def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["protocol", "parts", "conc", "durability", "tx/s", "p50 ms", "p99 ms",
               "msgs/tx", "fsyncs/tx", "vs floor"]
     rows = []
@@ -444,29 +479,6 @@ def _rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _print_table(results: dict[str, Any]) -> None:
-    header, rows = _rows(results)
-    title = (
-        f"dtxn atomic commit ({results['loop']}, sqlite {results['sqlite_version']}; "
-        f"raw forced commits/s: {results['baselines']['sqlite_forced_commits_per_s']:,.0f})"
-    )
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(title)
-        print("  ".join(f"{h:>10}" for h in header))
-        for row in rows:
-            print("  ".join(f"{cell:>10}" for cell in row))
-        return
-    table = Table(title=title)
-    for h in header:
-        table.add_column(h, justify="right")
-    for row in rows:
-        table.add_row(*row)
-    Console(width=max(120, Console().width)).print(table)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dtxn.bench.txn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -476,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None)
     parser.add_argument("--participants", type=int, action="append", default=None)
     parser.add_argument("--concurrency", type=int, action="append", default=None)
-    parser.add_argument("--durability", action="append", choices=("full", "normal", "memory"),
+    parser.add_argument("--durability", action="append", choices=DURABILITIES,
                         default=None)
     args = parser.parse_args(argv)
     results = run(
@@ -487,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         durability=args.durability or DURABILITY,
         directory=args.dir,
     )
-    _print_table(results)
+    from dtxn.bench.report import print_table
+
+    print_table(results)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

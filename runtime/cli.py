@@ -45,16 +45,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_inspect_parser(commands)
     bench = commands.add_parser(
-        "bench", help="run the benchmark suites (actor core, WAL, atomic commit)"
+        "bench",
+        help="run the 2PC/3PC benchmark matrix against its baselines, with plots",
+        description=(
+            "Runs the atomic-commit matrix (protocol x participants x concurrency x "
+            "durability) through real runtimes, measures in the same process the raw "
+            "SQLite forced-commit rate and a hand-written 2PC floor, prints a table and "
+            "writes PNG plots. --suite selects the other suites instead."
+        ),
     )
     bench.add_argument(
         "--suite",
-        default="all",
+        default=None,
         choices=["all", *SUITES],
-        help="which suite to run (default: all)",
+        help="run another suite, or all of them (default: the txn protocol matrix)",
     )
-    bench.add_argument("--quick", action="store_true", help="small counts, about a minute")
+    bench.add_argument(
+        "--quick", action="store_true", help="3 participants, small counts: under a minute"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument(
+        "--protocol", metavar="LIST", type=_choices_list("protocol", ("2pc", "3pc")),
+        default=None,
+        help="comma-separated protocols (default: 2pc,3pc)",
+    )
+    bench.add_argument(
+        "--participants", metavar="LIST", type=_positive_list("participants"), default=None,
+        help="comma-separated participant counts (default: 1,3,8; --quick: 3)",
+    )
+    bench.add_argument(
+        "--concurrency", metavar="LIST", type=_positive_list("concurrency"), default=None,
+        help="comma-separated client counts, e.g. 1,256 (default: 1,16,256)",
+    )
+    bench.add_argument(
+        "--durability",
+        metavar="LIST",
+        type=_choices_list("durability", ("full", "normal", "memory")),
+        default=None,
+        help="comma-separated WAL modes: full, normal, memory (default: full)",
+    )
+    bench.add_argument(
+        "--out", default="dtxn-bench", metavar="DIR",
+        help="folder for the PNG plots (default: ./dtxn-bench)",
+    )
+    bench.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     simulate = commands.add_parser(
         "simulate", help="run random crash/network-fault schedules in the deterministic simulator"
     )
@@ -78,18 +112,105 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SUITES = ("actors", "wal", "txn", "sagas")
+MATRIX_FLAGS = ("protocol", "participants", "concurrency", "durability")
 
 
-def _bench(suite: str, quick: bool, as_json: bool) -> int:
+def _split(text: str, what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not items or any(not item for item in items):
+        raise argparse.ArgumentTypeError(f"{what}: expected a comma-separated list, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+def _choices_list(what: str, allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [item.lower() for item in _split(text, what)]
+        bad = [item for item in items if item not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, bad))} (choose from {', '.join(allowed)})"
+            )
+        return items
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+def _positive_list(what: str) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        numbers = []
+        for item in _split(text, what):
+            try:
+                number = int(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{what}: {item!r} is not a whole number"
+                ) from None
+            if number < 1:
+                raise argparse.ArgumentTypeError(f"{what}: {number} must be at least 1")
+            numbers.append(number)
+        return numbers
+
+    parse.__name__ = what
+    return parse
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import importlib
     import json
 
+    narrowed = [f"--{flag}" for flag in MATRIX_FLAGS if getattr(args, flag) is not None]
+    if args.suite is None:
+        return _bench_matrix(args)
+    if narrowed and args.suite not in ("txn", "all"):
+        parser.error(f"{', '.join(narrowed)} only narrow the txn suite, not --suite {args.suite}")
+    if args.suite == "txn":
+        return _bench_matrix(args)
     results: dict[str, object] = {}
-    for name in SUITES if suite == "all" else (suite,):
+    for name in SUITES if args.suite == "all" else (args.suite,):
         module = importlib.import_module(f"dtxn.bench.{name}")
-        results[name] = module.run(quick=quick)
-    if as_json:
+        results[name] = module.run(quick=args.quick, **(_matrix(args) if name == "txn" else {}))
+    if args.json:
         print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def _matrix(args: argparse.Namespace) -> dict[str, Any]:
+    from dtxn.bench import txn
+
+    participants = args.participants or (
+        txn.QUICK_PARTICIPANTS if args.quick else txn.PARTICIPANTS
+    )
+    return {
+        "protocols": args.protocol or txn.PROTOCOLS,
+        "participants": participants,
+        "concurrency": args.concurrency or txn.CONCURRENCY,
+        "durability": args.durability or txn.DURABILITY,
+    }
+
+
+def _bench_matrix(args: argparse.Namespace) -> int:
+    """`dtxn bench`: the protocol matrix with a progress bar, table, baselines and plots."""
+    import json
+    from pathlib import Path
+
+    from dtxn.bench import report, txn
+
+    matrix = _matrix(args)
+    with report.progress_bar(txn.steps(**matrix)) as progress:
+        results = txn.run(args.quick, progress=progress, **matrix)
+    # With --json stdout carries the object alone; everything for people goes to stderr.
+    notes = sys.stderr if args.json else sys.stdout
+    if args.json:
+        print(json.dumps(report.machine_report(results), indent=2))
+    else:
+        report.print_table(results)
+    if not args.no_plots:
+        paths, skipped = report.write_plots(results, Path(args.out))
+        if skipped is not None:
+            print(skipped, file=notes)
+        for path in paths:
+            print(f"plot: {path.resolve()}", file=notes)
     return 0
 
 
@@ -279,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dtxn {_version()}")
         return 0
     if args.command == "bench":
-        return _bench(args.suite, args.quick, args.json)
+        return _bench(args, parser)
     if args.command == "simulate":
         return _simulate(
             args.protocol, args.schedules, args.seed, args.participants, args.jobs, args.json
