@@ -65,6 +65,18 @@ class PartAborted(Record, frozen=True, tag="p-abort"):
     pass
 
 
+class CoordChose(Record, frozen=True, tag="c-chose"):
+    """Lazy, written when a `protocol="auto"` transaction starts: what was chosen and why.
+
+    Informational only: recovery skips it (a coordinator with nothing but
+    this record never decided, so the transaction is presumed aborted).
+    """
+
+    protocol: Protocol
+    rule: int
+    reason: str
+
+
 AtomicRecord = (
     CoordPreCommitted
     | CoordCommitted
@@ -74,6 +86,7 @@ AtomicRecord = (
     | PartPreCommitted
     | PartCommitted
     | PartAborted
+    | CoordChose
 )
 
 RECORD_TYPES: tuple[type[Record], ...] = (
@@ -85,6 +98,7 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     PartPreCommitted,
     PartCommitted,
     PartAborted,
+    CoordChose,
 )
 
 

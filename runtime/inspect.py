@@ -32,6 +32,7 @@ from dtxn.protocols.messages import Protocol
 from dtxn.protocols.records import (
     AtomicRecord,
     CoordAborted,
+    CoordChose,
     CoordCommitted,
     CoordEnded,
     CoordPreCommitted,
@@ -131,9 +132,10 @@ def decode_entries(entries: Iterable[WalEntry], where: str) -> list[DecodedRecor
     return decoded
 
 
-_COORDINATOR_RECORDS = (CoordPreCommitted, CoordCommitted, CoordAborted, CoordEnded)
+_COORDINATOR_RECORDS = (CoordChose, CoordPreCommitted, CoordCommitted, CoordAborted, CoordEnded)
 _PARTICIPANT_RECORDS = (PartPrepared, PartPreCommitted, PartCommitted, PartAborted)
 _COORDINATOR_STATES: dict[type[Record], str] = {
+    CoordChose: "chose (presumed abort)",
     CoordPreCommitted: "pre-committed",
     CoordCommitted: "committed",
     CoordAborted: "aborted",

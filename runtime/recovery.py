@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import msgspec
-from dtxn.protocols.effects import RecordRecovered, RecoveryDone
+from dtxn.protocols.effects import Outcome, RecordRecovered, RecoveryDone
 from dtxn.protocols.errors import ConfigError, LogCorruptError
 from dtxn.protocols.messages import Protocol
-from dtxn.protocols.records import Record
+from dtxn.protocols.records import CoordChose, Record
 from dtxn.protocols.saga_records import SagaStarted
 from dtxn.protocols.threepc import ThreePCCoordinator, ThreePCParticipant
 from dtxn.protocols.twopc import TwoPCCoordinator, TwoPCParticipant
@@ -44,9 +44,20 @@ def decode_entries(entries: list[WalEntry], where: str) -> list[tuple[WalEntry, 
 def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: str) -> Pending:
     """Replay records into fresh machines; return the (host, txid) pairs to resume."""
     groups: dict[tuple[str, str], list[Record]] = {}
+    chose: set[tuple[str, str]] = set()
     for entry, log_entry in decode_entries(entries, where):
-        groups.setdefault((log_entry.actor, entry.txid), []).append(log_entry.record)
+        key = (log_entry.actor, entry.txid)
+        if isinstance(log_entry.record, CoordChose):
+            # Informational (which protocol `auto` picked); no machine replays it.
+            chose.add(key)
+            continue
+        groups.setdefault(key, []).append(log_entry.record)
     pending: Pending = []
+    for actor, txid in sorted(chose - groups.keys()):
+        # Chose a protocol, then crashed before any decision record: presumed abort.
+        host = hosts.get(actor)
+        if host is not None:
+            host.remember(txid, Outcome.ABORTED)
     for (actor, txid), records in groups.items():
         host = hosts.get(actor)
         if host is None:

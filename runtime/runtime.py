@@ -18,9 +18,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
@@ -37,13 +37,17 @@ from dtxn.actors import (
 )
 from dtxn.actors.errors import ActorError
 from dtxn.actors.timing import Cancellable
+from dtxn.protocols.choose import Capabilities, Choice, Requirements, choose_protocol
 from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.messages import Message, Protocol, Timeouts
+from dtxn.protocols.records import CoordChose
 from dtxn.protocols.saga import SagaDefinition, SagaReport
+from dtxn.runtime import otel
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.coordinator import COORDINATOR_ACTOR, CoordinatorHost, TxnOutcome
-from dtxn.runtime.hosting import MachineHost
+from dtxn.runtime.hosting import LOG_ENCODER, LogEntry, MachineHost
 from dtxn.runtime.hosts_actor import HostActor, StartSaga, StartTxn
+from dtxn.runtime.observe import TraceEvent, TraceStream, describe
 from dtxn.runtime.participant import ParticipantHost
 from dtxn.runtime.recovery import rebuild, resume
 from dtxn.runtime.resource import Resource
@@ -52,6 +56,9 @@ from dtxn.runtime.stats import Counters, TxnStatistics
 from dtxn.runtime.transport import Address, InProcessTransport, Transport
 from dtxn.runtime.wal import Durability, WalError, WalStore, make_wal, parse_durability
 from dtxn.runtime.workers import WorkerPool
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 M = TypeVar("M")
 
@@ -104,6 +111,8 @@ class Runtime:
         resources: Mapping[str, Resource] | None = None,
         timeouts: Timeouts | None = None,
         resource_concurrency: int = 64,
+        telemetry: bool | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         if not isinstance(node, str) or not node or "@" in node:
             raise ConfigError(f"node name must be a non-empty str without '@', got {node!r}")
@@ -156,7 +165,21 @@ class Runtime:
         self._halted = False
         self._serial = 0
         self._tracers: list[Callable[[str, str, str, Any], None]] = []
+        self._streams: list[TraceStream] = []
+        # `tracing`: someone wants force/log/decide/timer/chose events;
+        # `_wire`: someone wants sends and receives too (streams, OpenTelemetry).
         self.tracing = False
+        self._wire = False
+        self._otel: otel.Telemetry | None = None
+        # None: spans if opentelemetry-api is importable; they go to
+        # `tracer_provider`, or to the global provider when none is given.
+        if telemetry is None or telemetry:
+            self._otel = otel.load(tracer_provider)
+            if self._otel is None and telemetry:
+                raise ConfigError(
+                    "telemetry=True needs the opentelemetry-api package "
+                    "(pip install 'dtxn[otel]'); pass telemetry=None to use it only if present"
+                )
         self._wal_error: WalError | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -227,6 +250,8 @@ class Runtime:
         for future in waiting:
             if not future.done():
                 future.cancel()
+        for stream in self._streams:
+            stream.close()
         result = await stack.__aexit__(exc_type, exc, tb)
         if self._wal_error is not None:
             raise self._wal_error
@@ -263,21 +288,34 @@ class Runtime:
         timeouts: Timeouts | None = None,
         txid: str | None = None,
         cooperative: bool = True,
+        requirements: Requirements | None = None,
+        capabilities: Mapping[str, Capabilities] | None = None,
     ) -> TxnOutcome:
         """Run one atomic transaction and return its outcome.
 
         `participants` maps each participant, written `resource@node`, to the
-        payload its `prepare` receives. `protocol` is "2pc" or "3pc". The
-        outcome is returned once the decision is durable at the coordinator.
+        payload its `prepare` receives. `protocol` is "2pc", "3pc" or "auto":
+        with "auto", `choose_protocol(requirements, capabilities)` picks one
+        (`capabilities` maps every participant pid to its `Capabilities`), and
+        the choice and its reason go to the WAL (a `CoordChose` record), the
+        log and the trace. The outcome is returned once the decision is
+        durable at the coordinator.
         """
         if self._exit is None:
             raise TransactionError(f"runtime {self.node!r} is not running; use `async with`")
-        try:
-            proto = Protocol(protocol)
-        except ValueError:
-            raise ConfigError(
-                f"unknown protocol {protocol!r}; choose '2pc' or '3pc'"
-            ) from None
+        auto = protocol == "auto"
+        if not auto:
+            if requirements is not None or capabilities is not None:
+                raise ConfigError(
+                    "requirements and capabilities choose a protocol, so they need "
+                    f"protocol='auto' (got protocol={protocol!r})"
+                )
+            try:
+                proto = Protocol(protocol)
+            except ValueError:
+                raise ConfigError(
+                    f"unknown protocol {protocol!r}; choose '2pc', '3pc' or 'auto'"
+                ) from None
         items = list(participants.items() if isinstance(participants, Mapping) else participants)
         if not items:
             raise TransactionError("a transaction needs at least one participant")
@@ -286,25 +324,62 @@ class Runtime:
             parse_pid(pid)
         if len(set(pids)) != len(pids):
             raise TransactionError(f"participants listed twice in {list(pids)!r}")
+        choice: Choice | None = None
+        if auto:
+            choice = _choose(pids, requirements, capabilities)
+            proto = Protocol(choice.protocol)
         if timeouts is not None:
             _check_timeouts(timeouts)
         if txid is None:
             txid = self.new_txid()
         elif txid in self.coordinator.txns or txid in self.coordinator.finished:
             raise TransactionError(f"transaction id {txid!r} was already used on {self.node!r}")
-        reply: asyncio.Future[TxnOutcome] = asyncio.get_running_loop().create_future()
-        await self._refs[COORDINATOR_ACTOR].tell(
-            StartTxn(
-                txid,
-                proto,
-                pids,
-                tuple(payload for _, payload in items),
-                timeouts or self.timeouts,
-                cooperative,
-                reply,
+        telemetry = self._otel
+        if telemetry is not None:
+            telemetry.begin(
+                txid, self.node, proto.value, pids, None if choice is None else choice.rule
             )
+            self._retrace()
+        if choice is not None:
+            self._record_choice(txid, proto, choice)
+        reply: asyncio.Future[TxnOutcome] = asyncio.get_running_loop().create_future()
+        start = StartTxn(
+            txid,
+            proto,
+            pids,
+            tuple(payload for _, payload in items),
+            timeouts or self.timeouts,
+            cooperative,
+            reply,
         )
-        return await reply
+        if telemetry is None:
+            await self._refs[COORDINATOR_ACTOR].tell(start)
+            return await reply
+        try:
+            await self._refs[COORDINATOR_ACTOR].tell(start)
+            outcome = await reply
+        except BaseException as exc:
+            telemetry.end(txid, None, "", exc)
+            self._retrace()
+            raise
+        telemetry.end(txid, outcome.outcome.value, outcome.reason, None)
+        self._retrace()
+        return outcome
+
+    def _record_choice(self, txid: str, proto: Protocol, choice: Choice) -> None:
+        record = CoordChose(txid, proto, choice.rule, choice.reason)
+        # Lazy: losing it in a crash loses only the explanation (the outcome
+        # is presumed abort either way until a decision record is forced).
+        self.log_append(
+            txid, "c-chose", LOG_ENCODER.encode(LogEntry(COORDINATOR_ACTOR, record))
+        )
+        log.info(
+            "txid=%s node %s: protocol auto chose %s (rule %d): %s",
+            txid, self.node, proto.value, choice.rule, choice.reason,
+            extra={"txid": txid},
+        )
+        if self.tracing:
+            self.trace(txid, self.pid(COORDINATOR_ACTOR), "chose", record)
 
     def status(self, txid: str) -> TxnStatus:
         """What this node knows of `txid` (raises `UnknownTransaction` if nothing)."""
@@ -401,9 +476,59 @@ class Runtime:
         return await reply
 
     def on_trace(self, hook: Callable[[str, str, str, Any], None]) -> None:
-        """Call `hook(txid, actor, what, detail)` for forces, logs, timers, decisions."""
+        """Call `hook(txid, actor, what, detail)` for forces, logs, timers, decisions, choices.
+
+        `detail` is the record, outcome, timer name or `CoordChose` itself (not
+        text). Sends and receives go only to `trace_events` streams.
+        """
         self._tracers.append(hook)
-        self.tracing = True
+        self._retrace()
+
+    def off_trace(self, hook: Callable[[str, str, str, Any], None]) -> None:
+        """Stop calling `hook` (raises `ConfigError` if it was not subscribed)."""
+        try:
+            self._tracers.remove(hook)
+        except ValueError:
+            raise ConfigError(f"{hook!r} is not a trace hook of node {self.node!r}") from None
+        self._retrace()
+
+    @contextlib.asynccontextmanager
+    async def trace_events(self, max_buffered: int = 1000) -> AsyncIterator[TraceStream]:
+        """A stream of `TraceEvent`s for every transaction on this node, read by `async for`.
+
+        At most `max_buffered` events wait in the stream: when it is full the
+        oldest event is dropped and `stream.dropped` counts it; the runtime
+        never waits for the reader. The iteration ends when this block exits
+        or the runtime stops.
+        """
+        if not isinstance(max_buffered, int) or max_buffered < 1:
+            raise ConfigError(f"max_buffered must be an int >= 1, got {max_buffered!r}")
+        stream = TraceStream(max_buffered)
+        self._streams.append(stream)
+        self._retrace()
+        try:
+            yield stream
+        finally:
+            stream.close()
+            self._streams.remove(stream)
+            self._retrace()
+
+    def _retrace(self) -> None:
+        spans = self._otel is not None and bool(self._otel.txns)
+        self._wire = bool(self._streams) or spans
+        self.tracing = self._wire or bool(self._tracers)
+
+    def _trace_wire(self, txid: str, actor: str, what: str, message: object, peer: str) -> None:
+        if self._streams:
+            arrow = "to" if what == "send" else "from"
+            event = TraceEvent(
+                self.clock.now(), self.node, txid, actor, what,
+                f"{describe(message)} {arrow} {peer}",
+            )
+            for stream in self._streams:
+                stream.push(event)
+        if self._otel is not None:
+            self._otel.trace(txid, actor, what, message)
 
     # -- HostServices ----------------------------------------------------------------
 
@@ -414,6 +539,8 @@ class Runtime:
         if address is None:
             address = parse_pid(to)
             self._addresses[to] = address
+        if self._wire:
+            self._trace_wire(message.txid, message.sender, "send", message, to)
         self.transport.send_nowait(address, message)
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable:
@@ -445,6 +572,12 @@ class Runtime:
     def trace(self, txid: str, actor: str, what: str, detail: Any) -> None:
         for hook in self._tracers:
             hook(txid, actor, what, detail)
+        if self._streams:
+            event = TraceEvent(self.clock.now(), self.node, txid, actor, what, describe(detail))
+            for stream in self._streams:
+                stream.push(event)
+        if self._otel is not None:
+            self._otel.trace(txid, actor, what, detail)
 
     # -- actors ----------------------------------------------------------------
 
@@ -501,10 +634,20 @@ class Runtime:
         except MailboxFull:
             # Like a network drop: protocols re-send on their timers.
             self.counters.dropped += 1
-            log.warning("node %s: mailbox of %r full, dropped %s", self.node, actor,
-                        type(message).__name__)
+            txid = getattr(message, "txid", None)
+            log.warning(
+                "txid=%s node %s: mailbox of %r full, dropped %s", txid, self.node, actor,
+                type(message).__name__, extra={"txid": txid} if isinstance(txid, str) else None,
+            )
         else:
             self.counters.messages_received += 1
+            if self._wire:
+                txid = getattr(message, "txid", None)
+                if isinstance(txid, str):
+                    self._trace_wire(
+                        txid, f"{actor}@{self.node}", "receive", message,
+                        str(getattr(message, "sender", "?")),
+                    )
 
     def message_type(self, actor: str) -> Any:
         try:
@@ -557,6 +700,42 @@ class _AfterForce:
             self.done()
         else:
             self.runtime._after_force(error, self.done)
+
+
+def _choose(
+    pids: tuple[str, ...],
+    requirements: Requirements | None,
+    capabilities: Mapping[str, Capabilities] | None,
+) -> Choice:
+    if requirements is None or capabilities is None:
+        missing = " and ".join(
+            name
+            for name, value in (("requirements", requirements), ("capabilities", capabilities))
+            if value is None
+        )
+        raise ConfigError(
+            f"protocol='auto' needs {missing}: requirements=Requirements(...) and "
+            "capabilities={pid: Capabilities(...)} for every participant"
+        )
+    if not isinstance(capabilities, Mapping):
+        raise ConfigError(f"capabilities must map participant pids to Capabilities, "
+                          f"got {capabilities!r}")
+    unknown = sorted(set(capabilities) - set(pids))
+    if unknown:
+        raise ConfigError(f"capabilities name {unknown!r}, which are not participants "
+                          f"of this transaction ({list(pids)!r})")
+    lacking = [pid for pid in pids if pid not in capabilities]
+    if lacking:
+        raise ConfigError(f"protocol='auto' needs the capabilities of every participant; "
+                          f"none given for {lacking!r}")
+    choice = choose_protocol(requirements, {pid: capabilities[pid] for pid in pids})
+    if choice.protocol == "saga":
+        raise ConfigError(
+            f"protocol='auto' chose a saga (rule {choice.rule}: {choice.reason}); "
+            "Runtime.transact runs only 2PC and 3PC: define the steps with their "
+            "compensations and call Runtime.run_saga, or require strong consistency"
+        )
+    return choice
 
 
 def _host_factory(host: MachineHost) -> Callable[[], HostActor]:
