@@ -682,8 +682,13 @@ def run(
     runtime_hook: RuntimeHook | None = None,
     machine_factory: MachineFactory | None = None,
     raise_on_violation: bool = True,
+    hash_trace: bool = True,
 ) -> SimResult:
-    """Run `scenario` on a fresh virtual-time loop; raise `SimulationFailure` on a violation."""
+    """Run `scenario` on a fresh virtual-time loop; raise `SimulationFailure` on a violation.
+
+    `hash_trace=False` leaves `trace_hash` empty: a sweep, which never reads
+    it, saves formatting every trace entry (about 5% of a schedule).
+    """
     _quiet_logs()
     sim = _Sim(scenario, resource_factory, runtime_hook, machine_factory)
     loop = SimLoop()
@@ -694,7 +699,7 @@ def run(
         loop.close()
     result = SimResult(
         scenario,
-        trace_hash(sim.trace),
+        trace_hash(sim.trace) if hash_trace else "",
         len(sim.trace),
         dict(sim.outcomes),
         list(sim.checker.violations),
@@ -895,7 +900,7 @@ def sweep(
         scenario = random_scenario(
             schedule_seed(seed, index), protocol=protocol, participants=participants
         )
-        result = run(scenario, raise_on_violation=False)
+        result = run(scenario, raise_on_violation=False, hash_trace=False)
         stats.schedules += 1
         stats.events += result.events
         if result.violations:

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -312,9 +312,22 @@ class _SimSagaHost(SagaHost):
     """A saga host whose orchestrators come from a factory (mutation tests plug in here)."""
 
     factory: OrchestratorFactory
+    validated: set[SagaDefinition]  # shared by every incarnation of one simulation
+
+    def register(self, definition: SagaDefinition, steps: Mapping[str, StepFn]) -> None:
+        # Validating a definition costs more than booting a saga; a restart
+        # registers the very same (frozen) definitions again, so check each once.
+        if definition not in self.validated:
+            super().register(definition, steps)
+            self.validated.add(definition)
+            return
+        self.definitions[(definition.name, definition.version)] = definition
+        self.steps.update(steps)
 
     def machine_for(self, saga_id: str, name: str, version: int) -> SagaOrchestrator:
         machine = super().machine_for(saga_id, name, version)
+        if self.factory is _orchestrator:
+            return machine  # the production machine already: do not build (and validate) twice
         return self.factory(saga_id, machine.definition, machine.random)
 
 
@@ -368,6 +381,7 @@ class _SagaSim:
                 fn = _StepFn(self.services, k)
                 self.steps[f"s{i}.T{k}"] = fn
                 self.steps[f"s{i}.C{k}"] = fn
+        self.validated: set[SagaDefinition] = set()
         self.wal = MemoryWal(node=NODE)
         self.rt: Runtime | None = None
         self.task: asyncio.Task[None] | None = None
@@ -419,6 +433,7 @@ class _SagaSim:
         rt = Runtime(NODE, clock=clock, wal=self.wal, resource_concurrency=8)
         host = _SimSagaHost(rt, NODE, rt.sagas.pool, rt.sagas.random)
         host.factory = self.orchestrator
+        host.validated = self.validated
         rt.sagas = host
         for definition in self.definitions:
             rt.register_saga(definition, self.steps)
@@ -572,8 +587,11 @@ def run(
     orchestrator: str | OrchestratorFactory = "correct",
     barrier: str | BarrierFn = "correct",
     raise_on_violation: bool = True,
+    hash_trace: bool = True,
 ) -> SagaSimResult:
     """Run `scenario` on a fresh virtual-time loop; raise on a violation unless told not to.
+
+    `hash_trace=False` leaves `trace_hash` empty (a sweep never reads it).
 
     `orchestrator` and `barrier` name (or are) the variants under test: the
     mutation tests pass `"forward"` and `"ignore-duplicates"`.
@@ -590,7 +608,8 @@ def run(
         virtual_s = loop.time()
     finally:
         loop.close()
-    result = SagaSimResult(scenario, trace_hash(sim.trace), len(sim.trace), dict(sim.ends),
+    digest = trace_hash(sim.trace) if hash_trace else ""
+    result = SagaSimResult(scenario, digest, len(sim.trace), dict(sim.ends),
                            list(sim.checker.violations), virtual_s, sim.trace)
     if raise_on_violation and result.violations:
         raise SagaSimulationFailure(scenario, result.violations)
@@ -669,7 +688,7 @@ def sweep(
     for index in range(start, start + schedules):
         scenario = random_scenario(schedule_seed(seed, index))
         result = run(scenario, orchestrator=orchestrator, barrier=barrier,
-                     raise_on_violation=False)
+                     raise_on_violation=False, hash_trace=False)
         stats.schedules += 1
         stats.events += result.events
         if result.violations:
@@ -692,7 +711,7 @@ def minimize(
 
     def failing(candidate: SagaScenario) -> list[Violation]:
         return run(candidate, orchestrator=orchestrator, barrier=barrier,
-                   raise_on_violation=False).violations
+                   raise_on_violation=False, hash_trace=False).violations
 
     violations = failing(scenario)
     if not violations:

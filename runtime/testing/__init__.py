@@ -5,6 +5,9 @@ schedules; `check(scenario)` runs one in the deterministic simulator and
 raises `SimulationFailure` with a minimal, replayable schedule (and the
 `dtxn replay` command) when an invariant breaks. Pass `resource_factory` to
 run your own `Resource` implementation on every participant node.
+For sagas, `saga_scenarios(definition)` and `check_saga(definition,
+make_steps, scenario)` do the same with your own step callables and
+compensations (see `dtxn.testing.sagas`).
 `dtxn.testing.machine.ClusterMachine` is a hypothesis state machine over a
 `SteppedCluster` (submit, advance clock, crash, restart, partition, heal).
 """
@@ -21,7 +24,24 @@ from dtxn.runtime.sim import (
     minimize,
     run,
 )
+from dtxn.runtime.sim_sagas import (
+    SagaFault,
+    SagaScenario,
+    SagaSimResult,
+    SagaSimulationFailure,
+    SagaSpec,
+)
 from dtxn.runtime.simnet import NetworkFaults
+from dtxn.testing.sagas import (
+    SagaEffects,
+    StepsFactory,
+    UserSagaFailure,
+    check_saga,
+    run_saga_scenario,
+    saga_fault_schedules,
+    saga_scenarios,
+    saga_workloads,
+)
 from dtxn.testing.strategies import (
     fault_schedules,
     network_faults,
@@ -33,17 +53,30 @@ from dtxn.testing.strategies import (
 __all__ = [
     "Fault",
     "NetworkFaults",
+    "SagaEffects",
+    "SagaFault",
+    "SagaScenario",
+    "SagaSimResult",
+    "SagaSimulationFailure",
+    "SagaSpec",
     "Scenario",
     "ScriptedResource",
     "SimResult",
     "SimulationFailure",
     "SteppedCluster",
+    "StepsFactory",
     "TxnSpec",
+    "UserSagaFailure",
     "check",
+    "check_saga",
     "fault_schedules",
     "minimize",
     "network_faults",
     "run",
+    "run_saga_scenario",
+    "saga_fault_schedules",
+    "saga_scenarios",
+    "saga_workloads",
     "scenarios",
     "transactions",
     "workloads",
