@@ -681,6 +681,7 @@ class Runtime:
             wal_commits=wal.commits,
             wal_records=wal.records_committed,
             wal_largest_batch=wal.largest_batch,
+            wal_mean_batch=wal.mean_batch,
         )
         return RuntimeStatistics(self.node, self.system.statistics(), txn, self._undeliverable)
 

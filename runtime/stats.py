@@ -61,3 +61,4 @@ class TxnStatistics(msgspec.Struct, frozen=True):
     wal_commits: int
     wal_records: int
     wal_largest_batch: int
+    wal_mean_batch: float
