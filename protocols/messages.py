@@ -76,6 +76,8 @@ class Prepare(Message, frozen=True, tag="prepare"):
 
 class VoteCast(Message, frozen=True, tag="vote"):
     vote: Vote
+    # Why a participant voted no (appended with a default: older peers omit it).
+    reason: str = ""
 
 
 class PreCommit(Message, frozen=True, tag="precommit"):

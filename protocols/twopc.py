@@ -188,7 +188,10 @@ class TwoPCCoordinator:
             return [Ignored(f"duplicate vote from {sender!r}")]
         self.votes[sender] = message.vote
         if message.vote is Vote.NO:
-            return self._abort(f"participant {sender!r} voted no")
+            return self._abort(
+                f"participant {sender!r} voted no"
+                + (f": {message.reason}" if message.reason else "")
+            )
         if len(self.votes) < len(self.participants):
             return []
         return self._all_voted()
@@ -389,7 +392,7 @@ class TwoPCParticipant:
                 self.state = PartState.ABORTED
                 self.reason = event.reason or "voted no"
                 return [
-                    Send(self.coordinator, VoteCast(self.txid, self.me, Vote.NO)),
+                    Send(self.coordinator, VoteCast(self.txid, self.me, Vote.NO, event.reason)),
                     Decide(Outcome.ABORTED, self.reason),
                     Forget(),
                 ]

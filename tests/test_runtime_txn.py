@@ -316,3 +316,19 @@ async def test_a_flipped_byte_in_the_log_is_reported_and_the_log_left_as_it_was(
         async with Runtime("coord", wal_path=path):
             pass  # pragma: no cover
     assert path.read_bytes() == snapshot
+
+
+async def test_the_reason_a_participant_refused_reaches_the_caller(tmp_path: Path) -> None:
+    class Strict(Ledger):
+        async def prepare(self, txid: str, payload: object) -> Vote:
+            raise ValueError("insufficient funds: balance 20 < 30")
+
+    async with anyio.create_task_group() as tg:
+        bank = Bank(tmp_path, tg)
+        bank.b.__class__ = Strict
+        coord = await bank.start()
+        outcome = await coord.transact(TRANSFER)
+        assert outcome.outcome is Outcome.ABORTED
+        assert "ledger@bank-b" in outcome.reason
+        assert "insufficient funds: balance 20 < 30" in outcome.reason
+        await bank.stop()
