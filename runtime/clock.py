@@ -54,9 +54,3 @@ class Clock:
             self._streams[stream] = found
         return found
 
-
-def wall_time_s() -> float:
-    """Seconds since the epoch, for timestamps shown to people (never for logic)."""
-    import time
-
-    return time.time()
