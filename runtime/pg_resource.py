@@ -14,6 +14,7 @@ can only mean "finished the way we are asked to finish it now".
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -27,6 +28,8 @@ from dtxn.runtime.runtime import UnknownTransaction
 
 if TYPE_CHECKING:
     from dtxn.runtime.runtime import Runtime
+
+log = logging.getLogger("dtxn.postgres")
 
 Branch = Callable[[Any, Any], Awaitable[None]]
 """`async def branch(conn, payload)`: runs the branch's SQL on an asyncpg connection."""
@@ -188,6 +191,15 @@ class PostgresResource:
                 await self.abort(txid)
                 orphans.append(gid)
         return orphans
+
+    async def recover(self, runtime: Runtime) -> None:
+        """Called by the runtime at start: roll back orphaned gids (`roll_back_orphans`)."""
+        orphans = await self.roll_back_orphans(runtime)
+        if orphans:
+            log.warning(
+                "resource %s: rolled back %d gid(s) prepared before their PREPARED record "
+                "was forced: %s", self.name, len(orphans), ", ".join(orphans),
+            )
 
     async def _finish(self, statement: str, txid: str) -> None:
         preparing = self._preparing.get(txid)

@@ -36,4 +36,18 @@ class Resource(Protocol):
     async def abort(self, txid: str) -> None: ...
 
 
-__all__ = ["Resource", "Vote"]
+@runtime_checkable
+class Recoverable(Protocol):
+    """A resource with durable prepared state of its own, reconciled at start.
+
+    `Runtime` calls `await resource.recover(runtime)` once its WAL is rebuilt
+    and before the `async with` body runs; `runtime.status(txid)` then tells
+    which prepared branches the protocol knows (it will resolve them) and
+    which it does not (prepared before PREPARED was forced: roll them back).
+    An error raised here fails the runtime's start.
+    """
+
+    async def recover(self, runtime: Any) -> None: ...
+
+
+__all__ = ["Recoverable", "Resource", "Vote"]

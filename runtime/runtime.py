@@ -50,7 +50,7 @@ from dtxn.runtime.hosts_actor import HostActor, StartSaga, StartTxn
 from dtxn.runtime.observe import TraceEvent, TraceStream, describe
 from dtxn.runtime.participant import ParticipantHost
 from dtxn.runtime.recovery import rebuild, resume
-from dtxn.runtime.resource import Resource
+from dtxn.runtime.resource import Recoverable, Resource
 from dtxn.runtime.sagas import SAGA_ACTOR, SagaHost, SagaOutcome, StepFn
 from dtxn.runtime.stats import Counters, TxnStatistics
 from dtxn.runtime.transport import Address, InProcessTransport, Transport
@@ -213,6 +213,13 @@ class Runtime:
             pending = rebuild(entries, hosts, str(getattr(self.wal, "where", self.node)))
             self.transport.attach(self)
             resume(pending)
+            # Resources that keep their own prepared state (PostgreSQL gids,
+            # SQLite markers) reconcile it now that the WAL is rebuilt: a branch
+            # prepared before its PREPARED record was forced is unknown here and
+            # can only be rolled back (presumed abort).
+            for resource in self.resources.values():
+                if isinstance(resource, Recoverable):
+                    await resource.recover(self)
         except BaseException as exc:
             try:
                 await stack.__aexit__(type(exc), exc, exc.__traceback__)

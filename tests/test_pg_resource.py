@@ -200,6 +200,19 @@ async def test_a_gid_prepared_just_before_a_crash_that_the_wal_never_saw_is_roll
         assert await bank.balances() == (100, 100)
 
 
+async def test_a_restart_rolls_back_an_orphaned_gid_by_itself(
+    tmp_path: Path, cluster: PgCluster
+) -> None:
+    async with running(tmp_path, cluster) as (_tg, bank, _coord):
+        # Prepared, then the process dies before PREPARED reaches the WAL.
+        assert await bank.a.prepare("coord-lost-2", -50) is Vote.YES
+        await bank.node_a.crash()
+        assert await bank.a.in_doubt_gids() == [bank.a.gid("coord-lost-2")]
+        await bank.node_a.start()  # Runtime start calls bank.a.recover(runtime)
+        assert await bank.a.in_doubt_gids() == []
+        assert await bank.balances() == (100, 100)
+
+
 async def test_duplicate_commits_and_aborts_are_harmless(cluster: PgCluster) -> None:
     dsn = cluster.dsn("bank_a")
     await _reset(dsn)
