@@ -13,13 +13,12 @@ Whatever way the actor stops (drained, cancelled, stopped by policy, failed),
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio import CancelScope
-from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
 from dtxn.actors.actor import Actor
 from dtxn.actors.errors import ActorFailed, ActorStopped, Rejected, UnknownMessage
@@ -48,6 +47,7 @@ class ActorHost:
         "_accepts",
         "_cancel_requested",
         "_counters",
+        "_processing",
         "_receive_nowait",
         "_system",
         "actor",
@@ -58,7 +58,7 @@ class ActorHost:
         "message_type",
         "name",
         "ref",
-        "scope",
+        "task",
     )
 
     def __init__(
@@ -89,17 +89,23 @@ class ActorHost:
         )
         self._accepts: tuple[type, ...] | None = None
         self._receive_nowait: Callable[[Any], Any] | None = None
-        self.scope: CancelScope | None = None
+        # The actor's own task (created by the system once `start` succeeded);
+        # `_processing` while it is in the message loop, the part a cancel stops.
+        self.task: asyncio.Task[None] | None = None
+        self._processing = False
         self._cancel_requested = False
         self.done = done
 
     def request_stop(self, *, drain: bool) -> None:
         """Drain: close the mailbox and let the queue run out. Otherwise cancel now."""
         self.mailbox.close()
-        if not drain:
+        if not drain and not self._cancel_requested:
             self._cancel_requested = True
-            if self.scope is not None:
-                self.scope.cancel()
+            # Only the message loop is cancelled, and only once: `on_stop`
+            # after it must run to the end (it used to run in a shielded scope).
+            task = self.task
+            if task is not None and self._processing:
+                task.cancel()
 
     def _install(self, actor: Actor[Any]) -> None:
         self.actor = actor
@@ -111,23 +117,54 @@ class ActorHost:
 
     # -- the task ----------------------------------------------------------------
 
-    async def run(self, *, task_status: TaskStatus[None]) -> None:
+    async def start(self) -> None:
+        """Build the actor and run `on_start`, in the spawner's task.
+
+        Done before the actor's own task exists, so that a spawn costs one
+        task and no hand-over: `TaskGroup.start` would add a future, a second
+        cancel scope and a trip round the loop per actor, which dominated the
+        start-up of a node. On failure the name is freed and the error raised.
+        """
         try:
             actor = self.factory()
             await actor.on_start()
-            self._install(actor)
-            task_status.started()
+        except BaseException:
+            self._retire()
+            raise
+        self._install(actor)
+
+    async def run(self) -> None:
+        """The actor's task, once `start` succeeded: handle messages until stopped."""
+        actor = self.actor
+        assert actor is not None
+        task = self.task = asyncio.current_task()
+        assert task is not None
+        try:
             try:
-                with CancelScope() as scope:
-                    self.scope = scope
-                    if self._cancel_requested:
-                        scope.cancel()
-                    await self._process(actor)
+                if not self._cancel_requested:
+                    self._processing = True
+                    try:
+                        await self._process(actor)
+                    finally:
+                        self._processing = False
             except _StopRequested:
                 pass
+            except asyncio.CancelledError:
+                # Our own cancel (`request_stop`) ends the loop like a cancel
+                # scope would; any other cancellation goes on up.
+                if not (self._cancel_requested and task.uncancel() == 0):
+                    await self._stop_actor(failing=True)
+                    raise
             except BaseException:
                 await self._stop_actor(failing=True)
                 raise
+            await self._stop_actor(failing=False)
+        finally:
+            self._retire()
+
+    async def stop_unstarted(self) -> None:
+        """Undo a successful `start` whose task could not be created."""
+        try:
             await self._stop_actor(failing=False)
         finally:
             self._retire()
@@ -221,19 +258,20 @@ class ActorHost:
     # -- stopping ----------------------------------------------------------------
 
     async def _stop_actor(self, *, failing: bool) -> None:
-        """Run `on_stop`, shielded so that it also runs when the stop is a cancel."""
+        """Run `on_stop`; it also runs, uninterrupted, when the stop is a cancel."""
         actor = self.actor
         if actor is None:
             return
-        with CancelScope(shield=True):
-            try:
-                await actor.on_stop()
-            except Exception as exc:
-                if not failing:
-                    raise ActorFailed(f"actor {self.name!r} failed in on_stop: {exc!r}") from exc
-                # The error that is stopping the actor is already propagating;
-                # this one must not replace it, but must not vanish either.
-                log.error("actor %r also failed in on_stop", self.name, exc_info=exc)
+        # The actor's task is cancelled at most once, and only in its message
+        # loop, so nothing interrupts `on_stop`.
+        try:
+            await actor.on_stop()
+        except Exception as exc:
+            if not failing:
+                raise ActorFailed(f"actor {self.name!r} failed in on_stop: {exc!r}") from exc
+            # The error that is stopping the actor is already propagating;
+            # this one must not replace it, but must not vanish either.
+            log.error("actor %r also failed in on_stop", self.name, exc_info=exc)
 
     def _retire(self) -> None:
         """Fail every queued ask and report every queued tell; free the name."""

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
+from anyio import CancelScope
 from dtxn.actors.actor import Actor
 from dtxn.actors.errors import ActorError, ActorNameTaken, ActorNotFound
 from dtxn.actors.host import ActorHost
@@ -84,7 +84,18 @@ class ActorSystem:
         self.clock = clock
         self.name = name
         self._hosts: dict[str, ActorHost] = {}
-        self._tg: TaskGroup | None = None
+        # The actors' tasks belong to the system, which is their task group:
+        # nothing outlives the block, a failing actor cancels the others and the
+        # block (through `_scope`), and the block raises the failures as an
+        # ExceptionGroup. Why not an anyio task group: anyio 4 wraps every task
+        # in a handle with its own cancel scope and event, `start` adds a future
+        # and a trip round the loop, and cancellation is re-delivered on every
+        # loop iteration until each task is done; a node's start and crash spent
+        # most of their time there (see docs/simulator.md, Speed).
+        self._scope: CancelScope | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._errors: list[BaseException] = []
+        self._all_done: asyncio.Future[None] | None = None
         self._closing = False
         self._serial = 0
         self._counters = Counters()
@@ -94,11 +105,13 @@ class ActorSystem:
     # -- lifecycle -------------------------------------------------------------
 
     async def __aenter__(self) -> ActorSystem:
-        if self._tg is not None:
+        if self._scope is not None:
             raise ActorError(f"actor system {self.name!r} is already running")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        scope = CancelScope()
+        scope.__enter__()
+        self._scope = scope
+        self._tasks = set()
+        self._errors = []
         self._closing = False
         return self
 
@@ -108,24 +121,81 @@ class ActorSystem:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        tg = self._tg
-        assert tg is not None
+        scope = self._scope
+        assert scope is not None
         try:
+            try:
+                if exc is None:
+                    await self.aclose(drain=True)
+            except BaseException as drain_exc:  # noqa: BLE001 - raised below, with the actors'
+                # An actor escalated during the drain (our scope cancelled the
+                # drain), or the caller was cancelled: cancel every actor instead.
+                exc = drain_exc
             if exc is not None:
                 self._closing = True
-                tg.cancel_scope.cancel()
-                return await tg.__aexit__(exc_type, exc, tb)
-            try:
-                await self.aclose(drain=True)
-            except BaseException as drain_exc:
-                # An actor escalated during the drain (the task group cancelled
-                # us): let the task group turn that into its ExceptionGroup.
-                if await tg.__aexit__(type(drain_exc), drain_exc, drain_exc.__traceback__):
-                    return None
-                raise
-            return await tg.__aexit__(None, None, None)
+                self._cancel_actors()
+            await self._join()
+            # As an anyio task group: an error of the block itself is reported
+            # with the actors' errors; a cancellation is not an error.
+            errors = list(self._errors)
+            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                errors.insert(0, exc)
+            if errors:
+                raise BaseExceptionGroup("unhandled errors in a TaskGroup", errors) from None
+            if exc is not None:
+                raise exc
+        except BaseException as error:
+            if scope.__exit__(type(error), error, error.__traceback__):
+                return True
+            raise
         finally:
-            self._tg = None
+            self._scope = None
+            del exc, tb
+        return scope.__exit__(None, None, None)
+
+    def cancel_all(self) -> None:
+        """Cancel every actor now, as a crash does; the block still waits for them.
+
+        Like `aclose(drain=False)` without the wait: queued asks fail with
+        `ActorStopped`, queued tells become dead letters, and the system
+        refuses new actors.
+        """
+        self._closing = True
+        self._cancel_actors()
+
+    def _cancel_actors(self) -> None:
+        for host in list(self._hosts.values()):
+            host.request_stop(drain=False)
+
+    async def _join(self) -> None:
+        """Wait until every actor task is done, whatever cancellations arrive meanwhile."""
+        loop = asyncio.get_running_loop()
+        with CancelScope(shield=True):
+            while self._tasks:
+                waiter = self._all_done = loop.create_future()
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    self._closing = True
+                    self._cancel_actors()
+                finally:
+                    self._all_done = None
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                # An escalated failure (or a bug in the host): stop everything,
+                # as a task group would, and let the block raise it.
+                self._errors.append(exc)
+                self._closing = True
+                self._cancel_actors()
+                if self._scope is not None:
+                    self._scope.cancel()
+        waiter = self._all_done
+        if waiter is not None and not self._tasks and not waiter.done():
+            waiter.set_result(None)
 
     async def aclose(self, *, drain: bool = True) -> None:
         """Stop every actor, draining their mailboxes first or cancelling them now.
@@ -154,7 +224,7 @@ class ActorSystem:
         `factory` is called again on every restart, so it must build a fresh actor.
         An exception from the factory or `on_start` is raised here.
         """
-        if self._tg is None or self._closing:
+        if self._scope is None or self._closing:
             state = "closing" if self._closing else "not running; use `async with`"
             raise ActorError(f"actor system {self.name!r} is {state}")
         if not callable(factory):
@@ -178,7 +248,16 @@ class ActorSystem:
             self, self._counters, name, factory, policy or SupervisionPolicy(), mailbox, ref, done
         )
         self._hosts[name] = host
-        await self._tg.start(host.run)
+        await host.start()
+        if self._scope is None:
+            # The system stopped while `on_start` ran: this actor never runs.
+            await host.stop_unstarted()
+            raise ActorError(f"actor system {self.name!r} stopped while {name!r} was starting")
+        # Started even when the system began closing meanwhile: the task then
+        # sees its closed mailbox (or the cancel request) and stops at once.
+        task = loop.create_task(host.run(), name=f"actor {name!r}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
         return ref
 
     def ref(self, name: str) -> ActorRef[Any]:

@@ -243,7 +243,10 @@ class Runtime:
         self.transport.detach(self.node)
         for host in self._hosts():
             host.cancel_all_timers()
-        if exc is None and not self._crashed:
+        if exc is not None:
+            # The actors' tasks are not under our cancel scope: stop them now.
+            self.system.cancel_all()
+        elif not self._crashed:
             await self.system.aclose(drain=True)
         self._halted = True
         if self._tg is not None:
@@ -275,6 +278,9 @@ class Runtime:
         self.transport.detach(self.node)
         for host in self._hosts():
             host.cancel_all_timers()
+        # The actors first, at once: their tasks are the system's, outside the
+        # cancel scope below (which stops the workers, the WAL and the block).
+        self.system.cancel_all()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -661,6 +667,11 @@ class Runtime:
             return self.system.message_type_of(actor)
         except ActorError:
             return Any
+
+    async def ask(self, actor: str, message: object, timeout_s: float | None = None) -> Any:
+        """Ask local actor `actor` and return its reply (a transport serving a remote ask
+        calls this); `ActorNotFound` if there is no such actor here."""
+        return await self.system.ref(actor).ask(message, timeout_s=timeout_s)
 
     def report_undeliverable(self, actor: str, data: bytes, reason: str) -> None:
         self._undeliverable += 1

@@ -54,6 +54,10 @@ class NodePort(Protocol):
         """Report bytes that could not become a message."""
         ...
 
+    async def ask(self, actor: str, message: object, timeout_s: float | None = None) -> Any:
+        """Ask the named local actor and return its reply (remote asks end here)."""
+        ...
+
 
 class Transport(Protocol):
     """Moves messages between nodes; implementations: in-process, NATS (later), simulated."""
