@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0, help="derives every schedule (default 0)")
     simulate.add_argument("--participants", type=int, default=3, help="participant nodes")
     simulate.add_argument(
+        "--txns", type=int, default=None,
+        help="transactions (sagas, for --protocol saga) per schedule (default 2; 3 sagas)",
+    )
+    simulate.add_argument(
+        "--faults", type=int, default=3, help="timed faults per schedule (default 3)"
+    )
+    simulate.add_argument(
         "--jobs", type=int, default=1, help="worker processes (schedules are independent)"
     )
     simulate.add_argument(
@@ -217,15 +224,21 @@ def _bench_matrix(args: argparse.Namespace) -> int:
 SIMULATE_CHUNK = 50
 
 
-def _sweep_chunk(job: tuple[str, int, int, int, int]) -> Any:
+# One slice of a sweep: protocol, count, seed, participants, txns, faults, start.
+SweepJob = tuple[str, int, int, int, int, int, int]
+
+
+def _sweep_chunk(job: SweepJob, progress: Callable[[int], None] | None = None) -> Any:
     from dtxn.runtime.sim import sweep
 
-    protocol, count, seed, participants, start = job
+    protocol, count, seed, participants, txns, faults, start = job
     if protocol == "saga":
         from dtxn.runtime.sim_sagas import sweep as saga_sweep
 
-        return saga_sweep(count, seed, start=start)
-    return sweep(protocol, count, seed, participants=participants, start=start)
+        return saga_sweep(count, seed, sagas=txns, faults=faults, start=start,
+                          progress=progress)
+    return sweep(protocol, count, seed, participants=participants, txns=txns, faults=faults,
+                 start=start, progress=progress)
 
 
 def _parallel_sweep(
@@ -233,6 +246,8 @@ def _parallel_sweep(
     schedules: int,
     seed: int,
     participants: int,
+    txns: int,
+    faults: int,
     jobs: int,
     progress: Callable[[int], None] | None,
 ) -> Any:
@@ -241,7 +256,8 @@ def _parallel_sweep(
     from dtxn.runtime.sim import SweepStatistics
 
     chunks = [
-        (protocol, min(SIMULATE_CHUNK, schedules - start), seed, participants, start)
+        (protocol, min(SIMULATE_CHUNK, schedules - start), seed, participants, txns, faults,
+         start)
         for start in range(0, schedules, SIMULATE_CHUNK)
     ]
     total = SweepStatistics()
@@ -259,16 +275,19 @@ def _parallel_sweep(
 
 
 def _simulate(
-    protocol: str, schedules: int, seed: int, participants: int, jobs: int, as_json: bool
+    protocol: str, schedules: int, seed: int, participants: int, jobs: int, as_json: bool,
+    txns: int | None = None, faults: int = 3,
 ) -> int:
     import json
     import time  # noqa: TID251 - measuring the simulator's own wall-clock rate
 
-    from dtxn.runtime.sim import minimize, sweep
+    from dtxn.runtime.sim import minimize
 
-    if schedules < 1 or participants < 1 or jobs < 1:
-        print("dtxn simulate: --schedules, --participants and --jobs must be >= 1",
-              file=sys.stderr)
+    if txns is None:
+        txns = 3 if protocol == "saga" else 2
+    if schedules < 1 or participants < 1 or jobs < 1 or txns < 1 or faults < 0:
+        print("dtxn simulate: --schedules, --participants, --txns and --jobs must be >= 1, "
+              "--faults >= 0", file=sys.stderr)
         return 2
     started = time.perf_counter()
     progress = None
@@ -287,14 +306,13 @@ def _simulate(
                 bar.update(task, completed=done)
 
     try:
-        if jobs == 1 and protocol == "saga":
-            from dtxn.runtime.sim_sagas import sweep as saga_sweep
-
-            stats: Any = saga_sweep(schedules, seed, progress=progress)
-        elif jobs == 1:
-            stats = sweep(protocol, schedules, seed, participants=participants, progress=progress)
+        if jobs == 1:
+            stats: Any = _sweep_chunk(
+                (protocol, schedules, seed, participants, txns, faults, 0), progress
+            )
         else:
-            stats = _parallel_sweep(protocol, schedules, seed, participants, jobs, progress)
+            stats = _parallel_sweep(protocol, schedules, seed, participants, txns, faults, jobs,
+                                    progress)
     finally:
         if bar is not None:
             bar.stop()
@@ -403,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args, parser)
     if args.command == "simulate":
         return _simulate(
-            args.protocol, args.schedules, args.seed, args.participants, args.jobs, args.json
+            args.protocol, args.schedules, args.seed, args.participants, args.jobs, args.json,
+            args.txns, args.faults,
         )
     if args.command == "replay":
         return _replay(args.schedule)

@@ -536,7 +536,9 @@ class _Sim:
         self.net.faults = NetworkFaults(delay_s=self.scenario.network.delay_s)
         for node in self.nodes.values():
             node.wal.resume_commits()
-        await asyncio.gather(*(self.start(node) for node in self.nodes.values()))
+        down = [node for node in self.nodes.values() if not node.up]
+        if down:
+            await asyncio.gather(*(self.start(node) for node in down))
         deadline_s = self.now() + LIVENESS_BOUND_S
         while self.unfinished() and self.now() < deadline_s:
             await asyncio.sleep(POLL_S)  # noqa: TID251 - virtual time
@@ -887,6 +889,8 @@ def sweep(
     seed: int,
     *,
     participants: int = 3,
+    txns: int = 2,
+    faults: int = 3,
     start: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> SweepStatistics:
@@ -898,7 +902,8 @@ def sweep(
     stats = SweepStatistics()
     for index in range(start, start + schedules):
         scenario = random_scenario(
-            schedule_seed(seed, index), protocol=protocol, participants=participants
+            schedule_seed(seed, index), protocol=protocol, participants=participants,
+            txns=txns, faults=faults,
         )
         result = run(scenario, raise_on_violation=False, hash_trace=False)
         stats.schedules += 1

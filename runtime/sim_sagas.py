@@ -678,6 +678,8 @@ def sweep(
     schedules: int,
     seed: int,
     *,
+    sagas: int = 3,
+    faults: int = 3,
     start: int = 0,
     progress: Callable[[int], None] | None = None,
     orchestrator: str | OrchestratorFactory = "correct",
@@ -686,7 +688,7 @@ def sweep(
     """Run schedules `start`..`start + schedules - 1` of the saga sweep seeded by `seed`."""
     stats = SweepStatistics()
     for index in range(start, start + schedules):
-        scenario = random_scenario(schedule_seed(seed, index))
+        scenario = random_scenario(schedule_seed(seed, index), sagas=sagas, faults=faults)
         result = run(scenario, orchestrator=orchestrator, barrier=barrier,
                      raise_on_violation=False, hash_trace=False)
         stats.schedules += 1

@@ -16,11 +16,15 @@ from dtxn.runtime.sim_sagas import (
     SagaScenario,
     SagaSimulationFailure,
     SagaSpec,
+    definition_of,
     random_scenario,
     run,
     schedule_seed,
     sweep,
 )
+from dtxn.testing import saga_scenarios
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis.errors import NoSuchExample
 
 LINEAR3 = ((), (0,), (1,))
 # Mutants must be caught within this many random schedules of a sweep.
@@ -145,6 +149,59 @@ def test_mutants_are_caught_within_a_bounded_number_of_schedules_for_every_seed(
                     break
             else:
                 pytest.fail(f"{mutant} survived {MUTANT_SCHEDULES_MAX} schedules of seed {seed}")
+
+
+# Hypothesis, not only seeded sweeps: each mutant is found within this many
+# generated scenarios (derandomized, so the bound is checked the same way every
+# run), and the correct orchestrator and barrier pass the very same search.
+HYPOTHESIS_EXAMPLES_MAX = 40
+SEARCH = settings(
+    max_examples=HYPOTHESIS_EXAMPLES_MAX,
+    database=None,
+    derandomize=True,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+    deadline=None,
+)
+DAG4 = ((), (0,), (0,), (1, 2))
+MUTANTS = [
+    pytest.param({"orchestrator": "forward"}, {"G1"}, id="compensates-in-forward-order"),
+    pytest.param({"barrier": "ignore-duplicates"}, {"G3", "G4"}, id="barrier-ignores-duplicates"),
+]
+
+
+def hypothesis_search(shape: tuple[tuple[int, ...], ...], variant: dict[str, str],
+                      codes: set[str]) -> tuple[SagaScenario, int]:
+    """The first generated scenario in which `variant` breaks one of `codes`, and its rank."""
+    tried = 0
+
+    def breaks(scenario: SagaScenario) -> bool:
+        nonlocal tried
+        tried += 1
+        result = run(scenario, raise_on_violation=False, hash_trace=False, **variant)
+        return bool(codes & {v.code for v in result.violations})
+
+    definition = definition_of(0, SagaSpec(0.0, shape))
+    return find(saga_scenarios(definition), breaks, settings=SEARCH), tried
+
+
+@pytest.mark.parametrize("shape", [LINEAR3, DAG4], ids=["linear", "dag"])
+@pytest.mark.parametrize(("variant", "codes"), MUTANTS)
+def test_hypothesis_catches_each_saga_mutant_within_a_bounded_number_of_examples(
+    shape: tuple[tuple[int, ...], ...], variant: dict[str, str], codes: set[str]
+) -> None:
+    scenario, tried = hypothesis_search(shape, variant, codes)
+    assert tried <= HYPOTHESIS_EXAMPLES_MAX
+    with pytest.raises(SagaSimulationFailure, match="dtxn replay 'saga seed="):
+        run(SagaScenario.parse(scenario.text()), **variant)
+
+
+@pytest.mark.parametrize("shape", [LINEAR3, DAG4], ids=["linear", "dag"])
+def test_the_correct_orchestrator_and_barrier_pass_the_same_hypothesis_search(
+    shape: tuple[tuple[int, ...], ...],
+) -> None:
+    with pytest.raises(NoSuchExample):
+        hypothesis_search(shape, {}, {"G1", "G2", "G3", "G4", "G5", "L", "E"})
 
 
 # -- the checker on its own ------------------------------------------------------------------
