@@ -156,7 +156,7 @@ class ThreePCCoordinator:
 
     def handle(self, event: Event) -> list[Effect]:
         if isinstance(event, Received):
-            return self._on_message(event.message)
+            return self.receive(event.message)
         if isinstance(event, TimerFired):
             return self._on_timer(event.name)
         if isinstance(event, Begin):
@@ -232,7 +232,8 @@ class ThreePCCoordinator:
         effects.append(SetTimer(ACKS_TIMER, self.retry_s))
         return effects
 
-    def _on_message(self, message: Message) -> list[Effect]:
+    def receive(self, message: Message) -> list[Effect]:
+        """Same as `handle(Received(message))`, without building the event (the hot path)."""
         state = self.state
         sender = message.sender
         if isinstance(message, VoteCast):
@@ -418,7 +419,7 @@ class ThreePCParticipant:
 
     def handle(self, event: Event) -> list[Effect]:
         if isinstance(event, Received):
-            return self._on_message(event.message)
+            return self.receive(event.message)
         if isinstance(event, LocalVoteCast):
             return self._on_local_vote(event)
         if isinstance(event, ResourceApplied):
@@ -439,7 +440,8 @@ class ThreePCParticipant:
 
     # -- the normal path ---------------------------------------------------------
 
-    def _on_message(self, message: Message) -> list[Effect]:
+    def receive(self, message: Message) -> list[Effect]:
+        """Same as `handle(Received(message))`, without building the event (the hot path)."""
         state = self.state
         sender = message.sender
         if isinstance(message, Prepare):

@@ -130,7 +130,7 @@ class TwoPCCoordinator:
 
     def handle(self, event: Event) -> list[Effect]:
         if isinstance(event, Received):
-            return self._on_message(event.message)
+            return self.receive(event.message)
         if isinstance(event, TimerFired):
             return self._on_timer(event.name)
         if isinstance(event, Begin):
@@ -235,7 +235,8 @@ class TwoPCCoordinator:
 
     # -- phase two ---------------------------------------------------------------
 
-    def _on_message(self, message: Message) -> list[Effect]:
+    def receive(self, message: Message) -> list[Effect]:
+        """Same as `handle(Received(message))`, without building the event (the hot path)."""
         if isinstance(message, VoteCast):
             return self._on_vote(message)
         if isinstance(message, Ack):
@@ -328,7 +329,7 @@ class TwoPCParticipant:
 
     def handle(self, event: Event) -> list[Effect]:
         if isinstance(event, Received):
-            return self._on_message(event.message)
+            return self.receive(event.message)
         if isinstance(event, LocalVoteCast):
             return self._on_local_vote(event)
         if isinstance(event, ResourceApplied):
@@ -344,7 +345,8 @@ class TwoPCParticipant:
     def _peers(self) -> list[str]:
         return [p for p in self.participants if p != self.me]
 
-    def _on_message(self, message: Message) -> list[Effect]:
+    def receive(self, message: Message) -> list[Effect]:
+        """Same as `handle(Received(message))`, without building the event (the hot path)."""
         state = self.state
         if isinstance(message, Prepare):
             if state is PartState.INIT:

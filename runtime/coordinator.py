@@ -19,8 +19,8 @@ from dtxn.runtime.hosting import HostServices, MachineHost
 COORDINATOR_ACTOR = "coordinator"
 
 
-class TxnOutcome(msgspec.Struct, frozen=True):
-    """What a caller of `Runtime.transact` gets back."""
+class TxnOutcome(msgspec.Struct, frozen=True, gc=False):
+    """What a caller of `Runtime.transact` gets back (str and enum fields: no cycles, gc=False)."""
 
     txid: str
     outcome: Outcome

@@ -21,12 +21,18 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint
 from dtxn.protocols.errors import ConfigError, DtxnError
 
 Job = Callable[[], Awaitable[None]]
+# A job given as a function and two arguments (`submit_call`): no closure or
+# job object to allocate per call, which the garbage collector would scan
+# while the call waits for a worker.
+Call = Callable[[Any, Any], Awaitable[None]]
+_NO_ARGUMENT: Any = object()
 
 # A worker that keeps finding jobs yields to the loop after this many in a row,
 # so that a burst of calls that never suspend cannot starve the actors.
@@ -46,7 +52,11 @@ class WorkerPool:
         self.name = name
         self.workers = workers
         self.queue_max = queue_max
-        self._jobs: deque[Job] = deque()
+        # Three queues in step: the job, and its two arguments (`_NO_ARGUMENT`
+        # for a job submitted without arguments).
+        self._jobs: deque[Job | Call] = deque()
+        self._firsts: deque[Any] = deque()
+        self._seconds: deque[Any] = deque()
         # Futures of the idle workers, each resolved to wake that worker.
         self._idle: list[asyncio.Future[None]] = []
         # A worker has been woken and has not taken a job yet.
@@ -57,10 +67,17 @@ class WorkerPool:
             tg.start_soon(self._work)
 
     def submit_nowait(self, job: Job) -> None:
+        """Run `await job()` on a worker; raises `WorkQueueFull` when the queue is full."""
+        self.submit_call(job, _NO_ARGUMENT, _NO_ARGUMENT)  # type: ignore[arg-type]
+
+    def submit_call(self, call: Call, first: Any, second: Any) -> None:
+        """Run `await call(first, second)` on a worker; raises `WorkQueueFull` when full."""
         jobs = self._jobs
         if len(jobs) >= self.queue_max:
             raise WorkQueueFull(f"{self.name}: {len(jobs)} resource calls already wait")
-        jobs.append(job)
+        jobs.append(call)
+        self._firsts.append(first)
+        self._seconds.append(second)
         if not self._waking and self._idle:
             self._wake_one()
 
@@ -80,6 +97,8 @@ class WorkerPool:
 
     async def _work(self) -> None:
         jobs = self._jobs
+        firsts = self._firsts
+        seconds = self._seconds
         idle = self._idle
         loop = asyncio.get_running_loop()
         batch = 0
@@ -102,11 +121,16 @@ class WorkerPool:
                 batch = 0
                 continue
             job = jobs.popleft()
+            first = firsts.popleft()
+            second = seconds.popleft()
             if jobs and idle and not self._waking:
                 self._wake_one()
             # A job handles its own errors (see ParticipantHost); anything that
             # escapes is a bug and fails the runtime's task group.
-            await job()
+            if first is _NO_ARGUMENT:
+                await job()  # type: ignore[call-arg]
+            else:
+                await job(first, second)  # type: ignore[call-arg]
             batch += 1
             if batch >= _FAIRNESS_BATCH:
                 batch = 0

@@ -12,6 +12,7 @@ from dtxn.protocols.errors import ConfigError, LogCorruptError, TransactionError
 from dtxn.protocols.messages import Decision, Timeouts, Vote
 from dtxn.protocols.records import PartPreCommitted
 from dtxn.runtime import Address, InProcessTransport, Runtime
+from dtxn.runtime.hosting import _Timer, _Timers
 from dtxn.runtime.runtime import UnknownTransaction
 from dtxn.runtime.wal_sqlite import read_wal
 from nodes import Ledger, Node, eventually
@@ -332,3 +333,130 @@ async def test_the_reason_a_participant_refused_reaches_the_caller(tmp_path: Pat
         assert "ledger@bank-b" in outcome.reason
         assert "insufficient funds: balance 20 < 30" in outcome.reason
         await bank.stop()
+
+
+# -- the hosts' timer wheel (no event loop: a fake clock and loop timer) ---------------
+
+
+class _FakeAlarm:
+    def __init__(self, loop: _FakeLoop, due_s: float, callback: object) -> None:
+        self.loop = loop
+        self.due_s = due_s
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _FakeLoop:
+    """The `HostServices` a `_Timers` uses: a clock that moves only when told, loop timers."""
+
+    def __init__(self) -> None:
+        self.now_s = 100.0
+        self.alarms: list[_FakeAlarm] = []
+        self.clock = self
+
+    def now(self) -> float:
+        return self.now_s
+
+    def call_later(self, delay_s: float, callback: object) -> _FakeAlarm:
+        alarm = _FakeAlarm(self, self.now_s + delay_s, callback)
+        self.alarms.append(alarm)
+        return alarm
+
+    def pending(self) -> list[_FakeAlarm]:
+        return [alarm for alarm in self.alarms if not alarm.cancelled]
+
+    def advance(self, to_s: float) -> None:
+        """Move the clock to `to_s`, ringing every loop timer due on the way, in order."""
+        while True:
+            due = [a for a in self.pending() if a.due_s <= to_s]
+            if not due:
+                break
+            alarm = min(due, key=lambda a: a.due_s)
+            self.now_s = max(self.now_s, alarm.due_s)
+            alarm.cancelled = True  # rung once, as a loop timer is
+            alarm.callback()  # type: ignore[operator]
+        self.now_s = to_s
+
+
+def _wheel() -> tuple[_FakeLoop, list[tuple[str, str]], _Timers]:
+    loop = _FakeLoop()
+    fired: list[tuple[str, str]] = []
+    timers = _Timers(loop, lambda timer: fired.append((timer.txid, timer.name)))  # type: ignore[arg-type]
+    return loop, fired, timers
+
+
+def test_host_timers_fire_once_due_in_deadline_order_with_one_loop_timer() -> None:
+    loop, fired, timers = _wheel()
+    timers.arm(30.0, "t1", "votes")
+    timers.arm(5.0, "t2", "acks")  # earlier: re-sets the alarm
+    timers.arm(30.0, "t3", "votes")
+    timers.arm(5.0, "t4", "acks")
+    assert len(loop.pending()) == 1 and loop.pending()[0].due_s == pytest.approx(105.0)
+    loop.advance(104.9)
+    assert fired == []
+    loop.advance(105.0)
+    assert fired == [("t2", "acks"), ("t4", "acks")]
+    loop.advance(129.0)
+    assert fired == [("t2", "acks"), ("t4", "acks")]
+    loop.advance(131.0)
+    assert fired == [("t2", "acks"), ("t4", "acks"), ("t1", "votes"), ("t3", "votes")]
+    assert loop.pending() == []
+
+
+def test_cancelled_host_timers_never_fire_and_leave_no_loop_timer_behind() -> None:
+    loop, fired, timers = _wheel()
+    first = timers.arm(30.0, "t1", "votes")
+    second = timers.arm(30.0, "t2", "votes")
+    first.cancel()
+    first.cancel()  # idempotent
+    loop.advance(140.0)
+    assert fired == [("t2", "votes")]
+    third = timers.arm(30.0, "t3", "votes")
+    third.cancel()
+    second.cancel()  # already fired: nothing happens
+    assert loop.pending() == []
+    loop.advance(1000.0)
+    assert fired == [("t2", "votes")]
+
+
+def test_host_timers_cancelled_out_of_order_do_not_pile_up() -> None:
+    loop, fired, timers = _wheel()
+    keep = timers.arm(30.0, "oldest", "decision")
+    for i in range(10_000):
+        timers.arm(30.0, f"t{i}", "decision").cancel()
+    lane = timers._lanes[30.0]
+    assert lane.live == 1 and len(lane.entries) < 200
+    loop.advance(131.0)
+    assert fired == [("oldest", "decision")]
+    assert keep.live is False
+
+
+def test_closing_host_timers_calls_everything_off() -> None:
+    loop, fired, timers = _wheel()
+    timers.arm(1.0, "t1", "acks")
+    timers.arm(2.0, "t2", "acks")
+    timers.close()
+    assert loop.pending() == []
+    loop.advance(200.0)
+    assert fired == []
+    timers.arm(1.0, "t3", "acks")  # usable again (a restart)
+    loop.advance(201.5)
+    assert fired == [("t3", "acks")]
+
+
+def test_a_timer_armed_while_timers_fire_is_kept_and_fires_later() -> None:
+    loop = _FakeLoop()
+    fired: list[tuple[str, float]] = []
+    def fire(timer: _Timer) -> None:
+        fired.append((timer.txid, loop.now_s))
+        if timer.txid == "retry" and len(fired) < 3:
+            wheel.arm(2.0, "retry", "acks")  # a retry re-arms, as the protocols do
+
+    wheel = _Timers(loop, fire)  # type: ignore[arg-type]
+    wheel.arm(1.0, "retry", "acks")
+    loop.advance(110.0)
+    assert fired == [("retry", 101.0), ("retry", 103.0), ("retry", 105.0)]
+    assert loop.pending() == []
