@@ -181,6 +181,27 @@ def record_checksum(lsn: int, txid: str, kind: str, data: bytes) -> int:
     return zlib.crc32(data, zlib.crc32(head))
 
 
+# Encoded kinds, for `_checksum`: a handful of record tags in practice; bounded
+# all the same, since `append` takes any kind.
+_KIND_BYTES: dict[str, bytes] = {}
+_KIND_BYTES_MAX = 256
+
+
+def _checksum(lsn: int, txid: str, kind: str, data: bytes) -> int:
+    """`record_checksum`, the same value, with the kind's encoding cached (the write path)."""
+    kind_bytes = _KIND_BYTES.get(kind)
+    if kind_bytes is None:
+        kind_bytes = kind.encode()
+        if len(_KIND_BYTES) < _KIND_BYTES_MAX:
+            _KIND_BYTES[kind] = kind_bytes
+    txid_bytes = txid.encode()
+    head = _CHECKSUM_HEADER.pack(lsn, len(txid_bytes), len(kind_bytes)) + txid_bytes + kind_bytes
+    return _crc32(data, _crc32(head))
+
+
+_crc32 = zlib.crc32
+
+
 def decode_row(row: tuple[object, ...], where: str) -> WalEntry:
     """Check one stored row and turn it into a `WalEntry`, or raise `LogCorruptError`."""
     if len(row) != 5:
@@ -479,7 +500,7 @@ class GroupCommitWal:
         # LSNs are given out on the loop only, so outside the lock.
         lsn = self._next_lsn
         self._next_lsn = lsn + 1
-        row = (lsn, txid, kind, data, record_checksum(lsn, txid, kind, data))
+        row = (lsn, txid, kind, data, _checksum(lsn, txid, kind, data))
         with self._lock:
             self._rows.append(row)
             self._batch.callbacks.append(done)
@@ -537,7 +558,7 @@ class GroupCommitWal:
     def _add(self, txid: str, kind: str, data: bytes) -> int:
         """Buffer one record; the caller holds `_lock` (see also `force_nowait`)."""
         lsn = self._next_lsn
-        row = (lsn, txid, kind, data, record_checksum(lsn, txid, kind, data))
+        row = (lsn, txid, kind, data, _checksum(lsn, txid, kind, data))
         self._next_lsn = lsn + 1
         self._rows.append(row)
         self._records_appended += 1
