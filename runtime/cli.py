@@ -115,10 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="rerun one schedule (as printed on a violation) with a readable trace"
     )
     replay.add_argument("schedule", help="the schedule text, quoted")
+    node = commands.add_parser(
+        "node",
+        help="run one node over NATS (coordinator and/or participants) until SIGTERM",
+        description="Host the node described by a TOML file (docs/nats.md): connect to NATS, "
+        "start its resources, recover from its WAL, serve; SIGTERM or SIGINT stops it cleanly.",
+    )
+    node.add_argument("--config", required=True, metavar="FILE", help="the node.toml file")
     return parser
 
 
-SUITES = ("actors", "wal", "txn", "sagas")
+SUITES = ("actors", "wal", "txn", "sagas", "nats")
 MATRIX_FLAGS = ("protocol", "participants", "concurrency", "durability")
 
 
@@ -426,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "replay":
         return _replay(args.schedule)
+    if args.command == "node":
+        from dtxn.runtime.node import main as node_main
+
+        return node_main(args.config)
     parser.print_help()
     return 0
 

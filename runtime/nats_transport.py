@@ -172,6 +172,7 @@ class NatsTransport:
         self._tg: TaskGroup | None = None
         self._ports: dict[str, NodePort] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self._subscribed: dict[str, anyio.Event] = {}
         self._services: dict[tuple[str, str], _Service] = {}
         self._out_send: MemoryObjectSendStream[tuple[str, bytes]] | None = None
         self._out_receive: MemoryObjectReceiveStream[tuple[str, bytes]] | None = None
@@ -269,8 +270,16 @@ class NatsTransport:
         if self._tg is not None:
             self._tg.start_soon(self._subscriber, port)
 
+    async def wait_subscribed(self) -> None:
+        """Return once every attached node's subscription is in force at the server
+        (until then, messages to a just-started node are lost and re-sent)."""
+        for node in list(self._ports):
+            await self._subscribed.setdefault(node, anyio.Event()).wait()
+        await self._connection().flush()
+
     def detach(self, node: str) -> None:
         self._ports.pop(node, None)
+        self._subscribed.pop(node, None)
         scope = self._scopes.pop(node, None)
         if scope is not None:
             scope.cancel()
@@ -393,6 +402,7 @@ class NatsTransport:
         with anyio.CancelScope() as scope:
             self._scopes[node] = scope
             sub = await self._connection().subscribe(f"{self.prefix}.{node}.*.*")
+            self._subscribed.setdefault(node, anyio.Event()).set()
             try:
                 async for msg in sub.messages:
                     await self._on_message(port, msg)

@@ -1,0 +1,172 @@
+"""`dtxn node --config`: configuration errors, a real node process, SIGTERM and restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from dtxn.protocols.errors import ConfigError
+from dtxn.protocols.messages import Vote
+from dtxn.runtime.nats_transport import NatsTransport
+from dtxn.runtime.node import submit
+from dtxn.runtime.node_config import load
+from dtxn.runtime.servers import nats_server
+
+pytestmark = pytest.mark.anyio
+
+GOOD = """
+[node]
+name = "shop"
+wal = "shop.wal"
+
+[nats]
+servers = ["nats://127.0.0.1:4222"]
+
+[timeouts]
+votes_s = 2.0
+
+[gateway]
+enabled = true
+
+[[resources]]
+name = "stock"
+kind = "python"
+factory = "shopres:make"
+options = { vote = "yes" }
+"""
+
+RESOURCE_MODULE = '''
+from dtxn.protocols.messages import Vote
+
+
+class Stock:
+    def __init__(self, vote):
+        self.vote = Vote(vote)
+
+    async def prepare(self, txid, payload):
+        if payload == "refuse":
+            raise ValueError("out of stock")
+        return self.vote
+
+    async def commit(self, txid):
+        pass
+
+    async def abort(self, txid):
+        pass
+
+
+def make(vote):
+    return Stock(vote)
+'''
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    (tmp_path / "shopres.py").write_text(RESOURCE_MODULE)
+    return path
+
+
+def test_a_good_config_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
+    config = load(write(tmp_path, GOOD))
+    assert config.node.name == "shop"
+    assert config.timeouts.votes_s == 2.0 and config.timeouts.acks_s == 1.0
+    assert config.path(config.node.wal) == (tmp_path / "shop.wal").resolve()
+    assert config.resources[0].options == {"vote": "yes"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("[node]", "[nodes]"), "unknown field|Object missing required field `node`"),
+        (('servers = ["nats://127.0.0.1:4222"]', "servers = []"), "at least one URL"),
+        (('kind = "python"', 'kind = "oracle"'), "kind must be one of"),
+        (('factory = "shopres:make"', 'branch = "x:y"'), "needs factory"),
+        (("votes_s = 2.0", "votes_s = -1"), "votes_s must be a positive number"),
+        (("votes_s = 2.0", "vote_s = 2.0"), "unknown keys"),
+        (('wal = "shop.wal"', 'wal = "shop.wal"\ndurability = "fast"'), "durability"),
+        (("[gateway]", "[gateway\n"), "not valid TOML"),
+        (('name = "shop"', "name = 7"), "Expected `str`"),
+    ],
+)
+def test_config_mistakes_are_clear_errors(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, GOOD.replace(*change, 1)))
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read node config"):
+        load(tmp_path / "absent.toml")
+
+
+def _dtxn(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dtxn.runtime.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_dtxn_node_exits_2_on_a_bad_config_or_module(tmp_path: Path) -> None:
+    done = _dtxn("node", "--config", str(write(tmp_path, GOOD.replace("[node]", "[nod]"))),
+                 cwd=tmp_path)
+    assert done.returncode == 2 and "dtxn node:" in done.stderr
+    done = _dtxn("node", "--config",
+                 str(write(tmp_path, GOOD.replace("shopres:make", "nosuchmodule:make"))),
+                 cwd=tmp_path)
+    assert done.returncode == 2 and "cannot import 'nosuchmodule'" in done.stderr
+    done = _dtxn("node", "--config", str(write(tmp_path, GOOD)), cwd=tmp_path)
+    # No NATS server on 4222 here: a clear error, not a traceback.
+    assert done.returncode == 2 and "cannot connect to NATS" in done.stderr, done.stderr
+
+
+async def _start(config: Path) -> Any:
+    with (config.parent / "node.log").open("ab") as log:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "dtxn.runtime.cli", "node", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=log, cwd=config.parent, env={**os.environ},
+        )
+    seen = b""
+    with anyio.fail_after(60):
+        while b"ready" not in seen:
+            seen += await process.stdout.receive()
+    return process
+
+
+async def test_a_node_process_runs_transactions_for_clients_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    async with nats_server() as server:
+        config = write(tmp_path, GOOD.replace("nats://127.0.0.1:4222", server.url))
+        process = await _start(config)
+        try:
+            async with NatsTransport(server.url) as client:
+                yes = await submit(client, "shop", {"stock@shop": 1}, client="web", txid="o-1")
+                assert (yes.txid, yes.outcome) == ("o-1", "committed")
+                no = await submit(client, "shop", {"stock@shop": "refuse"}, client="web")
+                assert no.outcome == "aborted" and "out of stock" in no.reason
+                again = await submit(client, "shop", {"stock@shop": 1}, client="web", txid="o-1")
+                assert again.outcome == "committed"  # a resubmitted txid is not run twice
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                code = await process.wait()
+            await process.aclose()
+        assert code == 0, (tmp_path / "node.log").read_text()
+        # The WAL survives the process: a restart recovers and still knows o-1.
+        process = await _start(config)
+        try:
+            async with NatsTransport(server.url) as client:
+                again = await submit(client, "shop", {"stock@shop": 1}, client="web", txid="o-1")
+                assert again.outcome == "committed"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                assert await process.wait() == 0
+            await process.aclose()
+    assert Vote.YES  # the resource module votes with dtxn's Vote
