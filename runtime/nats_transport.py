@@ -173,6 +173,7 @@ class NatsTransport:
         self._ports: dict[str, NodePort] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._subscribed: dict[str, anyio.Event] = {}
+        self._local_nodes: set[str] = set()  # every node ever attached here
         self._services: dict[tuple[str, str], _Service] = {}
         self._out_send: MemoryObjectSendStream[tuple[str, bytes]] | None = None
         self._out_receive: MemoryObjectReceiveStream[tuple[str, bytes]] | None = None
@@ -267,6 +268,7 @@ class NatsTransport:
         if port.node in self._ports:
             raise DtxnError(f"node {port.node!r} is already attached to this transport")
         self._ports[port.node] = port
+        self._local_nodes.add(port.node)
         if self._tg is not None:
             self._tg.start_soon(self._subscriber, port)
 
@@ -367,7 +369,9 @@ class NatsTransport:
         sender = getattr(message, "sender", None)
         if isinstance(sender, str):
             node = sender.rpartition("@")[2]
-            if node in self._ports:
+            # Also a node already detached: a stopping runtime drains its
+            # mailboxes after detaching, and its last acks still go out.
+            if node in self._local_nodes:
                 return node
         if len(self._ports) == 1:
             return next(iter(self._ports))
