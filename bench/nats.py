@@ -167,11 +167,10 @@ def run(quick: bool = False, concurrency: Sequence[int] = CONCURRENCY) -> dict[s
                 "in_process": local, "nats": remote, "ratio": ratio}
 
     results: dict[str, Any] = run_loop(main)
-    _print_table(results)
     return results
 
 
-def _print_table(results: dict[str, Any]) -> None:
+def print_table(results: dict[str, Any]) -> None:
     try:
         from rich.console import Console
         from rich.table import Table
@@ -197,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(quick=args.quick)
     if args.json:
         print(json.dumps(results, indent=2))
+    else:
+        print_table(results)
     return 0
 
 

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUITES = ("actors", "wal", "txn", "sagas", "nats")
+SUITES = ("actors", "wal", "txn", "sagas", "pg", "nats")
 MATRIX_FLAGS = ("protocol", "participants", "concurrency", "durability")
 
 
@@ -184,6 +184,8 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for name in SUITES if args.suite == "all" else (args.suite,):
         module = importlib.import_module(f"dtxn.bench.{name}")
         results[name] = module.run(quick=args.quick, **(_matrix(args) if name == "txn" else {}))
+        if not args.json and hasattr(module, "print_table"):
+            module.print_table(results[name])
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     return 0

@@ -137,7 +137,7 @@ def test_other_suites_stay_reachable_and_all_narrows_only_the_txn_suite(
     import importlib
 
     calls: dict[str, dict[str, object]] = {}
-    for name in ("actors", "wal", "sagas"):
+    for name in ("actors", "wal", "sagas", "pg", "nats"):
         module = importlib.import_module(f"dtxn.bench.{name}")
 
         def stub(name: str = name, **kwargs: object) -> dict[str, object]:
@@ -150,5 +150,5 @@ def test_other_suites_stay_reachable_and_all_narrows_only_the_txn_suite(
     assert calls == {"sagas": {"quick": True}}
     assert main(["bench", "--suite", "all", "--json", *TINY]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"actors", "wal", "txn", "sagas"}
+    assert set(out) == {"actors", "wal", "txn", "sagas", "pg", "nats"}
     assert [(c["protocol"], c["concurrency"]) for c in out["txn"]["results"]] == [("2pc", 1)]
