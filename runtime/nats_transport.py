@@ -239,7 +239,12 @@ class NatsTransport:
             # A clean stop publishes what is queued and flushes it to the server.
             with anyio.move_on_after(self.drain_timeout_s):
                 await self._drained.wait()
-                await self._connection().flush()
+                if self._connection().is_connected:
+                    try:
+                        await self._connection().flush()
+                    except nats.errors.Error as flush_error:
+                        log.warning("NATS: final flush failed, queued messages lost: %s",
+                                    flush_error)
         tg.cancel_scope.cancel()
         try:
             return await tg.__aexit__(exc_type, exc, tb)
@@ -247,7 +252,14 @@ class NatsTransport:
             nc, self._nc = self._nc, None
             if nc is not None and not nc.is_closed:
                 with anyio.CancelScope(shield=True):
-                    await nc.close()
+                    try:
+                        await nc.close()
+                    except RuntimeError as close_error:
+                        # nats-py 2.x on uvloop writes its pending buffer into a
+                        # socket an outage already closed; those messages are
+                        # lost (the protocols re-send), the connection is closed.
+                        log.warning("NATS: closed while disconnected, unsent messages lost: %s",
+                                    close_error)
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS: %s: %s", type(exc).__name__, exc)
