@@ -169,6 +169,10 @@ class ActorSystem:
 
     async def _join(self) -> None:
         """Wait until every actor task is done, whatever cancellations arrive meanwhile."""
+        if not self._tasks:
+            # Nothing to wait for (a crash usually finds every actor gone):
+            # spare the shielded scope, which costs more than the check.
+            return
         loop = asyncio.get_running_loop()
         with CancelScope(shield=True):
             while self._tasks:

@@ -7,8 +7,8 @@ protocol records with msgspec and names each with a short `kind` for
 inspection. Every record gets a log sequence number (LSN) when it is handed
 in, so LSN order is append order.
 
-Records wait in one bounded buffer. A single writer task, owned by the store's
-task group, takes *everything* in the buffer and makes it durable in one
+Records wait in one bounded buffer. A single writer task, owned by the store
+(see "Lifecycle" below), takes *everything* in the buffer and makes it durable in one
 backend commit (for SQLite: one trip to the connection's thread, one COMMIT,
 one fsync), then wakes every `force` whose record rode in that commit. While a
 commit is in flight new records pile up for the next one, so the number of
@@ -29,6 +29,25 @@ If a commit fails, every waiting `force` gets a `WalError` and the store
 refuses further writes: a log that may have a hole must not keep growing. A
 failure that no caller has seen yet is raised when the block exits.
 
+Lifecycle
+---------
+The store is its writer's task group: the writer is a plain asyncio task that
+the store starts, and `__aexit__` always joins it (and raises what it raised,
+in an ExceptionGroup, as a task group would). Why not an anyio task group: a
+node's incarnation in the simulator lasts a few dozen events, and anyio 4
+wraps every task in a handle with its own cancel scope and event, so opening
+and closing the store cost more than the commits in between. For the same
+reason the writer starts lazily, on its first wake-up (a force, a full lazy
+buffer, or closing with records buffered): a store that never writes never
+starts one. The runtime runs on asyncio only, so the wake-ups are asyncio
+futures and events, not anyio's.
+
+Leaving the block normally drains the buffer. When the block is left because
+an enclosing cancel scope was cancelled (a crash), the writer is cancelled, as
+a task group's child would be: records not yet durable are lost and waiting
+forces fail. A plain asyncio cancellation of the caller still drains, as with
+the task group (which cancelled its writer only after the drain).
+
 Backends: `dtxn.runtime.wal_sqlite.SqliteWal` (aiosqlite, WAL journal,
 synchronous=FULL by default) and `dtxn.runtime.wal_memory.MemoryWal` (no
 threads, no files; keeps exactly the committed prefix across `crash()`).
@@ -37,6 +56,7 @@ The format and schema are described in docs/wal.md.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import struct
@@ -44,11 +64,10 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Protocol, Self
+from typing import ClassVar, Protocol, Self
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
 from dtxn.protocols.errors import ConfigError, DtxnError, LogCorruptError
 
 __all__ = [
@@ -256,13 +275,14 @@ class _Batch:
 
     Built wherever the batch before it is taken, which may be the backend's
     thread; so `done` (bound to the event loop) is made on the loop, by the
-    first `force` that waits on it.
+    first `force` that waits on it. An event rather than one shared future:
+    cancelling one waiting force must not cancel the others.
     """
 
     __slots__ = ("callbacks", "done", "failure", "finished")
 
     def __init__(self) -> None:
-        self.done: anyio.Event | None = None
+        self.done: asyncio.Event | None = None
         self.finished = False
         self.failure: _Failure | None = None
         # Continuations of `force_nowait`, called in LSN order once durable.
@@ -307,6 +327,11 @@ class GroupCommitWal:
     for one more fsync. `_lock` guards the buffer for that hand-over.
     """
 
+    #: Whether `_backend_close` may suspend, and so needs a shield against a
+    #: cancelled scope; the in-memory store closes without awaiting and is
+    #: spared the cancel scope (see "Lifecycle" in the module docstring).
+    _close_suspends: ClassVar[bool] = True
+
     def __init__(
         self,
         where: str,
@@ -328,7 +353,8 @@ class GroupCommitWal:
         self.where = where
         self._pending_records_max = pending_records_max
         self._lazy_records_max = lazy_records_max
-        self._tg: TaskGroup | None = None
+        # The writer task (see "Lifecycle"); None until its first wake-up.
+        self._writer: asyncio.Task[None] | None = None
         self._open = False
         self._closing = False
         self._failure: _Failure | None = None
@@ -340,14 +366,18 @@ class GroupCommitWal:
         # Held only for the few statements that move records into or out of
         # the buffer (see `_take`), never across an await or a backend call.
         self._lock = threading.Lock()
-        # `_wake` has been set since the writer last took it (saves force_nowait
-        # setting it again); other callers just set it.
+        # The writer has been woken since it last looked (saves force_nowait
+        # waking it again); other callers just call `_wake`.
         self._wake_pending = False
-        # Events are bound to a running loop, so they are made in __aenter__.
-        self._wake: anyio.Event
-        self._room: anyio.Event
-        self._writer_done: anyio.Event
-        self._batch: _Batch
+        # Set by `_wake`, cleared by the writer when it looks at the buffer.
+        self._woken = False
+        # What the sleeping writer awaits. Only the writer awaits it, so one
+        # future is enough (cancelling the writer cancels it).
+        self._wake_waiter: asyncio.Future[None] | None = None
+        # Forces waiting for room in a full buffer wait on this; made by the
+        # first of them, set and dropped by the next commit.
+        self._room: asyncio.Event | None = None
+        self._batch = _Batch()
         self._in_flight: _Batch | None = None
         self._records_appended = 0
         self._forces = 0
@@ -398,16 +428,13 @@ class GroupCommitWal:
         self._force_waiting = False
         self._failure = None
         self._closing = False
-        self._wake = anyio.Event()
         self._wake_pending = False
-        self._room = anyio.Event()
-        self._writer_done = anyio.Event()
+        self._woken = False
+        self._wake_waiter = None
+        self._room = None
         self._batch = _Batch()
         self._in_flight = None
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        tg.start_soon(self._write_batches)
+        self._writer = None  # started by the first `_wake` (see "Lifecycle")
         self._open = True
         return self
 
@@ -417,27 +444,58 @@ class GroupCommitWal:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        tg = self._tg
-        assert tg is not None, "__aexit__ without __aenter__"
+        assert self._open, "__aexit__ without __aenter__"
         # Leaving drains the buffer: records appended before closing are kept.
-        # A cancelled block cancels the writer instead (see _write_batches).
+        # A cancelled scope cancels the writer instead (see "Lifecycle").
         self._closing = True
-        self._wake.set()
+        writer_error: BaseException | None = None
+        cancelled: asyncio.CancelledError | None = None
         try:
-            with anyio.CancelScope(shield=True):
-                await self._writer_done.wait()
+            if self._writer is not None or self._rows or self._discards:
+                self._wake()  # starts the writer if none ran yet, to drain
+            writer = self._writer
+            if writer is not None:
+                cancelled = await self._join_writer(writer)
+                if not writer.cancelled():
+                    writer_error = writer.exception()
         finally:
-            self._tg = None
+            self._writer = None
             self._open = False
-            try:
-                result = await tg.__aexit__(exc_type, exc, tb)
-            finally:
+            if self._close_suspends:
                 with anyio.CancelScope(shield=True):
                     await self._backend_close()
+            else:
+                await self._backend_close()
+        if writer_error is not None:
+            # As the task group did: a bug in the writer leaves the block as a group.
+            errors = [writer_error]
+            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                errors.insert(0, exc)
+            raise BaseExceptionGroup("unhandled errors in a TaskGroup", errors)
+        if cancelled is not None and exc is None:
+            # The caller was cancelled while the writer drained; pass it on.
+            raise cancelled
         failure = self._failure
         if exc is None and failure is not None and not failure.reported:
             raise failure.error()
-        return result
+        return None
+
+    async def _join_writer(self, writer: asyncio.Task[None]) -> asyncio.CancelledError | None:
+        """Wait until the writer is done; return the cancellation that arrived meanwhile.
+
+        Not shielded: a cancelled enclosing scope reaches this wait (anyio
+        delivers it again until the task leaves the scope), and that is what
+        cancels the writer, as it would a task group's child. The wait goes on
+        until the writer is done, so it never outlives the block.
+        """
+        cancelled: asyncio.CancelledError | None = None
+        while not writer.done():
+            try:
+                await asyncio.wait((writer,))
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+                writer.cancel()
+        return cancelled
 
     # -- writing ---------------------------------------------------------------
 
@@ -448,7 +506,7 @@ class GroupCommitWal:
         """
         self._check_writable()
         if len(self._rows) >= self._pending_records_max:
-            self._wake.set()
+            self._wake()
             raise WalFull(
                 f"WAL {self.where}: {len(self._rows)} records wait for the disk;"
                 " use force() to wait for room"
@@ -456,14 +514,17 @@ class GroupCommitWal:
         with self._lock:
             self._add(txid, kind, data)
         if len(self._rows) >= self._lazy_records_max:
-            self._wake.set()
+            self._wake()
 
     async def force(self, txid: str, kind: str, data: bytes) -> int:
         """Add a record; return its LSN once it and every earlier record are durable."""
         self._check_writable()
         while len(self._rows) >= self._pending_records_max:
-            self._wake.set()
-            await self._room.wait()
+            room = self._room
+            if room is None:
+                room = self._room = asyncio.Event()
+            self._wake()
+            await room.wait()
             self._check_writable()
         with self._lock:
             lsn = self._add(txid, kind, data)
@@ -475,8 +536,8 @@ class GroupCommitWal:
         if not batch.finished:
             done = batch.done
             if done is None:
-                done = batch.done = anyio.Event()
-            self._wake.set()
+                done = batch.done = asyncio.Event()
+            self._wake()
             await done.wait()
         if batch.failure is not None:
             raise batch.failure.error()
@@ -495,7 +556,7 @@ class GroupCommitWal:
         if self._failure is not None or not self._open or self._closing:
             self._check_writable()
         if len(self._rows) >= self._pending_records_max:
-            self._wake.set()
+            self._wake()
             raise WalFull(f"WAL {self.where}: {len(self._rows)} records wait for the disk")
         # LSNs are given out on the loop only, so outside the lock.
         lsn = self._next_lsn
@@ -509,7 +570,7 @@ class GroupCommitWal:
         self._forces += 1
         if not self._wake_pending:
             self._wake_pending = True
-            self._wake.set()
+            self._wake()
         return lsn
 
     def discard(self, txids: Iterable[str]) -> None:
@@ -523,13 +584,13 @@ class GroupCommitWal:
         bound = self._next_lsn
         for txid in txids:
             if len(self._discards) >= self._pending_records_max:
-                self._wake.set()
+                self._wake()
                 raise WalFull(f"WAL {self.where}: {len(self._discards)} discards wait for the disk")
             with self._lock:
                 self._discards.append((txid, bound))
             self._discarded += 1
         if len(self._discards) >= self._lazy_records_max:
-            self._wake.set()
+            self._wake()
 
     async def read_all(self) -> list[WalEntry]:
         """Every committed record in LSN order, each checked against its checksum."""
@@ -575,16 +636,44 @@ class GroupCommitWal:
         if in_flight is not None:
             in_flight.fail(failure)
         batch.fail(failure)
-        self._room.set()
-        self._wake.set()
+        self._release_room()
+        # A running writer sees the failure and returns; none is started for it.
+        if self._writer is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the writer, starting it if it has not run yet in this block."""
+        self._woken = True
+        waiter = self._wake_waiter
+        if waiter is not None:
+            self._wake_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._writer is None and self._open and self._failure is None:
+            # The store owns this task and joins it in __aexit__ ("Lifecycle").
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_batches(), name=f"WAL writer {self.where}"
+            )
+
+    def _release_room(self) -> None:
+        """Let every force that waits for room look again."""
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
 
     async def _write_batches(self) -> None:
         """The writer: one backend commit per wake-up, covering all that is pending."""
         drained = False
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
+                if not self._woken:
+                    waiter = self._wake_waiter = loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self._wake_waiter = None
+                self._woken = False
                 self._wake_pending = False
                 if self._failure is not None:
                     return
@@ -596,12 +685,21 @@ class GroupCommitWal:
                     if not (self._rows or self._discards):
                         drained = True
                         return
-                    self._wake.set()
+                    self._woken = True
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # A bug: fail every waiting force with it now (it is raised again
+            # when the block exits, see "Lifecycle"), rather than leave them.
+            if self._failure is None:
+                error = WalError(f"WAL {self.where} writer failed: {exc!r}")
+                error.__cause__ = exc
+                self._fail(error)
+            raise
         finally:
             # Cancelled mid-commit or before draining: nobody may wait forever.
             if self._failure is None and not drained:
                 self._fail(WalError(f"WAL {self.where} stopped before its records were durable"))
-            self._writer_done.set()
 
     def _commit_due(self) -> bool:
         """Whether what is buffered should be committed now (see the module docstring).
@@ -642,8 +740,7 @@ class GroupCommitWal:
             return
         finally:
             # Room was made when the buffer was taken (on whichever thread).
-            self._room.set()
-            self._room = anyio.Event()
+            self._release_room()
         self._in_flight = None
         if taken is None:
             return
