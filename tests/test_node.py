@@ -170,3 +170,35 @@ async def test_a_node_process_runs_transactions_for_clients_and_stops_on_sigterm
                 assert await process.wait() == 0
             await process.aclose()
     assert Vote.YES  # the resource module votes with dtxn's Vote
+
+
+def test_postgres_and_sqlite_resources_are_built_from_the_config(tmp_path: Path) -> None:
+    from dtxn.runtime.node import build_resource
+    from dtxn.runtime.pg_resource import PostgresResource
+    from dtxn.runtime.sqlite_resource import SqliteResource
+
+    (tmp_path / "branches.py").write_text(
+        "def move(tx, payload):\n    pass\n\nasync def pg_move(conn, payload):\n    pass\n"
+    )
+    text = GOOD + '''
+[[resources]]
+name = "ledger"
+kind = "sqlite"
+path = "ledger.sqlite"
+branch = "branches:move"
+
+[[resources]]
+name = "bank"
+kind = "postgres"
+dsn = "postgresql://app@127.0.0.1:1/bank"
+branch = "branches:pg_move"
+resource_name = "bank-a-ledger"
+'''
+    config = load(write(tmp_path, text))
+    sqlite = build_resource(config, config.resources[1])
+    assert isinstance(sqlite, SqliteResource) and sqlite.name == "ledger@shop"
+    pg = build_resource(config, config.resources[2])
+    assert isinstance(pg, PostgresResource) and pg.gid("t1") == "dtxn:bank-a-ledger:t1"
+    bad = load(write(tmp_path, text.replace("branches:move", "branches:nothing")))
+    with pytest.raises(ConfigError, match="has no 'nothing'"):
+        build_resource(bad, bad.resources[1])
