@@ -184,7 +184,10 @@ class ActorHost:
                 await waiter
                 batch = 0
                 continue
-            message, reply = mailbox.take()
+            # `mailbox.take()` written out: one call less per message.
+            message, reply = buffer.popleft()
+            if mailbox.senders:
+                mailbox.wake_sender()
             try:
                 if accepts is not None and not isinstance(message, accepts):
                     raise self._unknown(actor, message)

@@ -45,16 +45,18 @@ class MailboxStatistics(msgspec.Struct, frozen=True):
 class Mailbox:
     """Bounded many-to-one FIFO; `capacity` 0 hands over only to a waiting receiver."""
 
-    __slots__ = ("_loop", "_receiver", "_senders", "buffer", "capacity", "closed")
+    __slots__ = ("_loop", "_receiver", "buffer", "capacity", "closed", "senders")
 
     def __init__(self, capacity: int, loop: asyncio.AbstractEventLoop) -> None:
         self.capacity = capacity
         self.buffer: deque[Envelope] = deque()
         self.closed = False
         self._loop = loop
-        # The receiver waits only when the buffer is empty; senders wait in FIFO order.
+        # The receiver waits only when the buffer is empty; senders wait in FIFO
+        # order (`senders`, read by the actor's loop, which takes from `buffer`
+        # itself and then calls `wake_sender` if any sender waits).
         self._receiver: asyncio.Future[None] | None = None
-        self._senders: deque[asyncio.Future[None]] = deque()
+        self.senders: deque[asyncio.Future[None]] = deque()
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -83,20 +85,20 @@ class Mailbox:
         """Queue `envelope`, waiting for room. Raises `MailboxClosed`."""
         while not self.try_send(envelope):
             waiter = self._loop.create_future()
-            self._senders.append(waiter)
+            self.senders.append(waiter)
             try:
                 await waiter
             except BaseException:
                 # A wake-up that arrives with a cancellation must not be lost,
                 # or the next sender would wait although there is room.
                 if waiter.done() and not waiter.cancelled():
-                    self._wake_sender()
+                    self.wake_sender()
                 else:
                     self._discard(waiter)
                 raise
 
-    def _wake_sender(self) -> None:
-        senders = self._senders
+    def wake_sender(self) -> None:
+        senders = self.senders
         while senders:
             waiter = senders.popleft()
             if not waiter.done():
@@ -105,15 +107,15 @@ class Mailbox:
 
     def _discard(self, waiter: asyncio.Future[None]) -> None:
         with contextlib.suppress(ValueError):  # already woken and removed
-            self._senders.remove(waiter)
+            self.senders.remove(waiter)
 
     # -- receiving --------------------------------------------------------------
 
     def take(self) -> Envelope:
         """Pop the oldest envelope (the buffer must not be empty) and make room."""
         envelope = self.buffer.popleft()
-        if self._senders:
-            self._wake_sender()
+        if self.senders:
+            self.wake_sender()
         return envelope
 
     def receiver_waiter(self) -> asyncio.Future[None] | None:
@@ -125,9 +127,9 @@ class Mailbox:
         """
         if self.closed:
             return None
-        if self._senders:
+        if self.senders:
             # Capacity 0: a sender is waiting for a receiver; let it hand over.
-            self._wake_sender()
+            self.wake_sender()
         waiter = self._receiver = self._loop.create_future()
         return waiter
 
@@ -141,7 +143,7 @@ class Mailbox:
         receiver, self._receiver = self._receiver, None
         if receiver is not None and not receiver.done():
             receiver.set_result(None)
-        senders, self._senders = self._senders, deque()
+        senders, self.senders = self.senders, deque()
         for waiter in senders:
             if not waiter.done():
                 waiter.set_result(None)
@@ -157,6 +159,6 @@ class Mailbox:
         return MailboxStatistics(
             queued=len(self.buffer),
             capacity=self.capacity,
-            waiting_senders=len(self._senders),
+            waiting_senders=len(self.senders),
             closed=self.closed,
         )

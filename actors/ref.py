@@ -44,6 +44,11 @@ class ActorRef(Generic[M]):
     def __repr__(self) -> str:
         return f"ActorRef({self.name!r})"
 
+    @property
+    def mailbox(self) -> Mailbox:
+        """The actor's mailbox, for a transport's direct route to it (`Mailbox.try_send`)."""
+        return self._mailbox
+
     async def tell(self, message: M) -> None:
         """Deliver `message`, waiting for room in the mailbox (backpressure).
 

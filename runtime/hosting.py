@@ -50,6 +50,7 @@ from dtxn.protocols.saga_records import SagaRecord
 
 if TYPE_CHECKING:
     from dtxn.runtime.stats import Counters
+    from dtxn.runtime.wal import WalError
 
 log = logging.getLogger("dtxn.txn")
 
@@ -90,6 +91,8 @@ class HostServices(Protocol):
     counters: Counters
     # Whether `trace` has any hook to call; hosts skip building its arguments otherwise.
     tracing: bool
+    # Set once the node has crashed or stopped: continuations of forces must not run.
+    halted: bool
 
     @property
     def clock(self) -> Timekeeper: ...
@@ -100,7 +103,15 @@ class HostServices(Protocol):
 
     def log_append(self, txid: str, kind: str, data: bytes) -> None: ...
 
-    def log_force(self, txid: str, kind: str, data: bytes, done: Callable[[], None]) -> None: ...
+    def log_force(
+        self, txid: str, kind: str, data: bytes, done: Callable[[WalError | None], None]
+    ) -> None:
+        """Force a record; `done(None)` once durable, `done(error)` if the WAL failed."""
+        ...
+
+    def force_failed(self, error: WalError | None) -> None:
+        """A force's `done` saw an error or a halted node: stop the node on an error."""
+        ...
 
     def trace(self, txid: str, actor: str, what: str, detail: Any) -> None: ...
 
@@ -109,6 +120,10 @@ class HostServices(Protocol):
 # mutated: a parked transaction gets a list of its own (see `_run`), so most
 # transactions never allocate one.
 _NO_BACKLOG: list[Effect] = []
+
+
+# Machine type -> whether it has `receive`: a few protocol classes in practice.
+_RECEIVES: dict[type, bool] = {}
 
 
 class _Txn:
@@ -125,23 +140,32 @@ class _Txn:
         self.host = host
         self.txid = txid
         self.machine = machine
-        # Whether the machine has `receive` (see `_Receiver`), looked up once.
-        self.receives = callable(getattr(type(machine), "receive", None))
+        # Whether the machine has `receive` (see `_Receiver`), looked up once per type.
+        kind = type(machine)
+        receives = _RECEIVES.get(kind)
+        if receives is None:
+            receives = _RECEIVES[kind] = callable(getattr(kind, "receive", None))
+        self.receives = receives
         self.blocked = False
         self.backlog = _NO_BACKLOG
         self.timers: dict[str, Cancellable] = {}
         # The record being forced (for the "forced" trace event).
         self.forcing: Record | None = None
 
-    def __call__(self) -> None:
+    def __call__(self, error: WalError | None = None) -> None:
         """The forced record is durable: carry out the effects parked behind it."""
-        # Looked up again, as a crash or a stop may have dropped the transaction.
         host = self.host
+        services = host.services
+        if error is not None or services.halted:
+            # After a crash or a stop nothing after the force runs (recovery
+            # finishes the transaction); a WAL error stops the node.
+            services.force_failed(error)
+            return
+        # Looked up again, as a crash or a stop may have dropped the transaction.
         txid = self.txid
         txn = host.txns.get(txid)
         if txn is None:
             return
-        services = host.services
         if services.tracing:
             services.trace(txid, host.me, "forced", self.forcing)
         txn.blocked = False
@@ -181,9 +205,13 @@ class MachineHost:
             # The atomic-commit machines take a message without a `Received`
             # event around it (one allocation and one type test less).
             receiver: _Receiver = txn.machine  # type: ignore[assignment]
-            self._run(txid, txn, receiver.receive(message))
+            effects = receiver.receive(message)
         else:
-            self._run(txid, txn, txn.machine.handle(Received(message)))
+            effects = txn.machine.handle(Received(message))
+        # Many messages change only the machine (all votes but the last, say):
+        # with a live machine, `_run` of no effects would do nothing.
+        if effects:
+            self._run(txid, txn, effects)
 
     def dispatch(self, txid: str, event: Event) -> None:
         """Hand `event` to the transaction's machine and carry out its effects."""
@@ -193,7 +221,8 @@ class MachineHost:
             log.debug("txid=%s %s: %s for a transaction no longer held", txid, self.me, event)
             return
         effects = txn.machine.handle(event)
-        self._run(txid, txn, effects)
+        if effects:  # see `_deliver`
+            self._run(txid, txn, effects)
 
     def answer_unknown(self, message: Message) -> list[Effect] | None:
         """Effects answering a message about a transaction without a live machine."""
@@ -410,6 +439,7 @@ class _Timers:
 
     def __init__(self, services: HostServices, fire: Callable[[_Timer], None]) -> None:
         self._services = services
+        self._now = services.clock.now
         self._fire = fire
         self._lanes: dict[float, _Lane] = {}
         self._seq = 0
@@ -420,7 +450,7 @@ class _Timers:
         lane = self._lanes.get(delay_s)
         if lane is None:
             lane = self._lanes[delay_s] = _Lane(self, delay_s)
-        now_s = self._services.clock.now()
+        now_s = self._now()
         deadline_s = now_s + delay_s
         self._seq += 1
         timer = _Timer(lane, deadline_s, self._seq, txid, name)

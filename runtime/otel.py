@@ -19,6 +19,10 @@ Per transaction coordinated here (from `transact()` to its outcome):
 
 Only spans that are recording are tracked: with the API but no SDK
 configured, the spans are no-ops and the runtime does no per-event work.
+Nor per-transaction work: `Telemetry.live()` tells the runtime whether the
+provider can record at all (not the API's proxy before an SDK provider is
+set, nor its no-op provider), looked up again only when the global provider
+changes, so `transact` does not build and end a no-op root span each time.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def load(provider: TracerProvider | None = None) -> Telemetry | None:
         from opentelemetry import trace
     except ImportError:
         return None
-    return Telemetry(trace.get_tracer(INSTRUMENTATION, tracer_provider=provider))
+    return Telemetry(trace.get_tracer(INSTRUMENTATION, tracer_provider=provider), provider)
 
 
 class _Txn:
@@ -57,10 +61,28 @@ class _Txn:
 class Telemetry:
     """Spans of the transactions in flight at one coordinator."""
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, provider: TracerProvider | None = None) -> None:
+        from opentelemetry import trace
+
         self._tracer = tracer
         #: Transactions with a recording root span, by txid.
         self.txns: dict[str, _Txn] = {}
+        self._inert = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        # A given provider other than the API's proxy is fixed; otherwise the
+        # spans go to whatever the global provider is when they start.
+        self._follows_global = provider is None or isinstance(provider, trace.ProxyTracerProvider)
+        self._get_global = trace.get_tracer_provider
+        self._provider: object = provider
+        self._live = provider is not None and not isinstance(provider, self._inert)
+
+    def live(self) -> bool:
+        """Whether spans can record: False for the API alone (no SDK provider set)."""
+        if self._follows_global:
+            provider = self._get_global()
+            if provider is not self._provider:
+                self._provider = provider
+                self._live = not isinstance(provider, self._inert)
+        return self._live
 
     def _child(self, parent: Span, name: str, attributes: dict[str, Any]) -> Span:
         from opentelemetry import trace

@@ -82,8 +82,15 @@ class InProcessTransport:
     """Delivers between runtimes of one process, optionally through the msgpack codec."""
 
     def __init__(self, *, encode: bool = False) -> None:
-        self.encode = encode
+        self._encode = encode
         self._ports: dict[str, NodePort] = {}
+        # Runtimes on this transport cache routes straight to the mailboxes of
+        # local actors (see `Runtime.send_nowait`); each registers a hook here
+        # that empties its cache, called whenever a node attaches or detaches
+        # or faults or encoding change, so that no route outlives what it assumed.
+        self._watchers: dict[str, Callable[[], None]] = {}
+        #: Messages runtimes delivered on such routes (counted in `statistics`).
+        self.direct_messages = 0
         self._encoder = msgspec.msgpack.Encoder()
         self._decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
         self._messages = 0
@@ -91,16 +98,68 @@ class InProcessTransport:
         self._undeliverable = 0
         # Fault injection for tests and the demo: return False to drop a
         # message, or an int n > 1 to deliver it n times (duplicates).
-        self.fault: Callable[[Address, object], bool | int] | None = None
+        self._fault: Callable[[Address, object], bool | int] | None = None
         self._dropped = 0
+
+    @property
+    def encode(self) -> bool:
+        """Whether messages go through the msgpack codec, as on a wire."""
+        return self._encode
+
+    @encode.setter
+    def encode(self, value: bool) -> None:
+        self._encode = value
+        self._changed()
+
+    @property
+    def fault(self) -> Callable[[Address, object], bool | int] | None:
+        """Fault injection for tests and the demo: called per `send_nowait`; return
+        False to drop the message, or an int n > 1 to deliver it n times."""
+        return self._fault
+
+    @fault.setter
+    def fault(self, hook: Callable[[Address, object], bool | int] | None) -> None:
+        self._fault = hook
+        self._changed()
 
     def attach(self, port: NodePort) -> None:
         if port.node in self._ports:
             raise DtxnError(f"node {port.node!r} is already attached to this transport")
         self._ports[port.node] = port
+        self._changed()
 
     def detach(self, node: str) -> None:
         self._ports.pop(node, None)
+        hook = self._watchers.pop(node, None)
+        if hook is not None:
+            hook()
+        self._changed()
+
+    def port(self, node: str) -> NodePort | None:
+        """The attached node named `node`, if any."""
+        return self._ports.get(node)
+
+    def routable(self) -> bool:
+        """Whether a message may bypass `send_nowait` now (no fault hook, no codec)."""
+        return self._fault is None and not self._encode
+
+    def watch(self, node: str, hook: Callable[[], None]) -> bool:
+        """Call `hook` whenever routes cached by attached node `node` may have gone stale.
+
+        Returns False, registering nothing, when this transport must see every
+        message (a subclass that overrides `send_nowait`, e.g. to record it).
+        The hook is dropped when `node` detaches.
+        """
+        if type(self).send_nowait is not InProcessTransport.send_nowait:
+            return False
+        if node not in self._ports:
+            raise DtxnError(f"node {node!r} is not attached to this transport")
+        self._watchers[node] = hook
+        return True
+
+    def _changed(self) -> None:
+        for hook in list(self._watchers.values()):
+            hook()
 
     def nodes(self) -> list[str]:
         return list(self._ports)
@@ -113,7 +172,7 @@ class InProcessTransport:
                 f"cannot send {type(message).__name__} to {to}: node {to.node!r} is not attached"
             )
         self._messages += 1
-        if not self.encode:
+        if not self._encode:
             await port.deliver(to.actor, message)
             return
         try:
@@ -127,7 +186,7 @@ class InProcessTransport:
     def send_nowait(self, to: Address, message: object) -> None:
         """Deliver without waiting; to a detached node the message is lost (counted)."""
         self._messages += 1
-        if self.fault is None and not self.encode:
+        if self._fault is None and not self._encode:
             # The hot path of in-process protocol traffic.
             port = self._ports.get(to.node)
             if port is None:
@@ -136,8 +195,8 @@ class InProcessTransport:
                 port.deliver_nowait(to.actor, message)
             return
         copies = 1
-        if self.fault is not None:
-            verdict = self.fault(to, message)
+        if self._fault is not None:
+            verdict = self._fault(to, message)
             if verdict is False:
                 self._dropped += 1
                 return
@@ -151,7 +210,7 @@ class InProcessTransport:
         if port is None:
             self._undeliverable += 1
             return
-        if not self.encode:
+        if not self._encode:
             port.deliver_nowait(to.actor, message)
             return
         data = self._encoder.encode(message)
@@ -191,5 +250,7 @@ class InProcessTransport:
         await port.deliver(to.actor, message)
 
     def statistics(self) -> TransportStatistics:
-        return TransportStatistics(self._messages, self._bytes, self._undeliverable, self._dropped)
+        return TransportStatistics(
+            self._messages + self.direct_messages, self._bytes, self._undeliverable, self._dropped
+        )
 

@@ -195,6 +195,33 @@ async def test_telemetry_false_makes_no_spans(exporter: InMemorySpanExporter) ->
     assert exporter.get_finished_spans() == ()
 
 
+async def test_the_api_without_an_sdk_provider_starts_no_span_per_transaction(
+    monkeypatch: pytest.MonkeyPatch, exporter: InMemorySpanExporter
+) -> None:
+    from opentelemetry import trace
+
+    noop = otel.load(trace.NoOpTracerProvider())
+    assert noop is not None and not noop.live()
+    live = otel.load(_PROVIDER)
+    assert live is not None and live.live()
+    # The global provider: the API's proxy until an SDK provider is set.
+    current: list[trace.TracerProvider] = [trace.ProxyTracerProvider()]
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: current[0])
+    follows = otel.load()
+    assert follows is not None and not follows.live()
+    async with Runtime("n", resources={"a": Ledger()}, telemetry=True) as rt:
+        assert rt._otel is not None
+
+        def begin(*args: object) -> None:
+            raise AssertionError("no span may be started without an SDK provider")
+
+        monkeypatch.setattr(rt._otel, "begin", begin)
+        assert (await rt.transact({"a@n": None})).committed
+        assert not rt._otel.txns and not rt.tracing
+    current[0] = _PROVIDER  # an SDK provider set later is picked up
+    assert follows.live()
+
+
 def test_without_opentelemetry_telemetry_is_inert_or_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -19,6 +19,10 @@ from nodes import Ledger, Node, eventually
 
 pytestmark = pytest.mark.anyio
 
+# Through the msgpack codec, or straight to the mailboxes (the runtimes' cached
+# direct routes, which must honour crashes, detaches and fault hooks alike).
+CODEC = pytest.mark.parametrize("encode", [True, False], ids=["codec", "direct"])
+
 FAST = Timeouts(votes_s=0.5, acks_s=0.1, decision_s=0.2, retry_max_s=0.4)
 
 
@@ -94,9 +98,12 @@ async def test_a_transfer_aborts_at_both_banks_when_b_votes_no(tmp_path: Path) -
         await bank.stop()
 
 
-async def test_coordinator_crash_before_the_decision_ends_in_presumed_abort(tmp_path: Path) -> None:
+@CODEC
+async def test_coordinator_crash_before_the_decision_ends_in_presumed_abort(
+    tmp_path: Path, encode: bool
+) -> None:
     async with anyio.create_task_group() as tg:
-        bank = Bank(tmp_path, tg)
+        bank = Bank(tmp_path, tg, encode=encode)
         bank.b.gate = anyio.Event()  # B's prepare hangs: no decision can be made
         coord = await bank.start()
 
@@ -120,11 +127,12 @@ async def _transact_until_cancelled(
     await rt.transact(participants, protocol=protocol)
 
 
+@CODEC
 async def test_coordinator_crash_after_forcing_commit_resends_it_after_restart(
-    tmp_path: Path,
+    tmp_path: Path, encode: bool
 ) -> None:
     async with anyio.create_task_group() as tg:
-        bank = Bank(tmp_path, tg)
+        bank = Bank(tmp_path, tg, encode=encode)
         coord = await bank.start()
         # Lose every COMMIT the first coordinator sends, then crash it once the
         # commit record is durable: only recovery can deliver the decision.
@@ -154,11 +162,12 @@ async def _crash_then_set(node: Node, done: anyio.Event) -> None:
     done.set()
 
 
+@CODEC
 async def test_participant_crash_after_prepared_asks_and_finishes_atomically(
-    tmp_path: Path,
+    tmp_path: Path, encode: bool
 ) -> None:
     async with anyio.create_task_group() as tg:
-        bank = Bank(tmp_path, tg)
+        bank = Bank(tmp_path, tg, encode=encode)
         coord = await bank.start()
         crashed = anyio.Event()
         armed = [True]
@@ -183,9 +192,12 @@ async def test_participant_crash_after_prepared_asks_and_finishes_atomically(
         await bank.stop()
 
 
-async def test_lost_and_duplicated_messages_still_end_atomically(tmp_path: Path) -> None:
+@CODEC
+async def test_lost_and_duplicated_messages_still_end_atomically(
+    tmp_path: Path, encode: bool
+) -> None:
     async with anyio.create_task_group() as tg:
-        bank = Bank(tmp_path, tg)
+        bank = Bank(tmp_path, tg, encode=encode)
         coord = await bank.start()
         seen: dict[str, int] = {}
 
@@ -206,11 +218,12 @@ async def test_lost_and_duplicated_messages_still_end_atomically(tmp_path: Path)
 
 
 @pytest.mark.parametrize("protocol", ["2pc", "3pc"])
+@CODEC
 async def test_2pc_participants_block_but_3pc_participants_finish_when_the_coordinator_dies(
-    tmp_path: Path, protocol: str
+    tmp_path: Path, protocol: str, encode: bool
 ) -> None:
     async with anyio.create_task_group() as tg:
-        bank = Bank(tmp_path, tg)
+        bank = Bank(tmp_path, tg, encode=encode)
         coord = await bank.start()
         crashed = anyio.Event()
         assert bank.node_a.rt is not None and bank.node_b.rt is not None
@@ -386,6 +399,59 @@ def _wheel() -> tuple[_FakeLoop, list[tuple[str, str]], _Timers]:
     fired: list[tuple[str, str]] = []
     timers = _Timers(loop, lambda timer: fired.append((timer.txid, timer.name)))  # type: ignore[arg-type]
     return loop, fired, timers
+
+
+async def test_direct_routes_count_every_message_and_stop_at_a_crashed_node() -> None:
+    transport = InProcessTransport()
+    ledger = Ledger()
+    async with anyio.create_task_group() as tg:
+        node = Node(tg, lambda: Runtime("bank", transport=transport,
+                                        resources={"ledger": ledger}))
+        bank = await node.start()
+        async with Runtime("coord", transport=transport, timeouts=FAST) as coord:
+            first = await coord.transact({"ledger@bank": 1})
+            assert first.committed
+            await eventually(lambda: bank.statistics().txn.active == 0)
+            await eventually(lambda: coord.statistics().txn.active == 0)
+            sent = coord.statistics().txn.messages_sent + bank.statistics().txn.messages_sent
+            received = (
+                coord.statistics().txn.messages_received
+                + bank.statistics().txn.messages_received
+            )
+            assert sent == received == transport.statistics().messages == 4
+            assert coord._routes and bank._routes  # both sides took their direct routes
+            # Routes are cached now; a crashed node must receive nothing on them.
+            before = bank.statistics().txn.messages_received
+            await node.crash()
+            assert not coord._routes
+            second = await coord.transact({"ledger@bank": 1})
+            assert second.outcome is Outcome.ABORTED  # no vote: the votes timer aborted
+            assert bank.statistics().txn.messages_received == before
+            assert transport.statistics().undeliverable >= 1
+    assert ledger.committed == [first.txid]
+
+
+async def test_a_fault_hook_set_after_routes_were_cached_sees_every_message() -> None:
+    transport = InProcessTransport()
+    async with (
+        Runtime("bank", transport=transport, resources={"ledger": Ledger()}) as bank,
+        Runtime("coord", transport=transport, timeouts=FAST) as coord,
+    ):
+        assert (await coord.transact({"ledger@bank": 1})).committed
+        await eventually(lambda: bank.statistics().txn.active == 0)
+        await eventually(lambda: coord.statistics().txn.active == 0)
+        seen: list[str] = []
+
+        def fault(to: Address, message: object) -> bool:
+            seen.append(type(message).__name__)
+            return not isinstance(message, Decision)  # every decision is lost
+
+        transport.fault = fault
+        outcome = await coord.transact({"ledger@bank": 1})
+        assert outcome.committed  # durable at the coordinator; the COMMIT is re-sent
+        await eventually(lambda: seen.count("Decision") >= 2)
+        assert seen[:2] == ["Prepare", "VoteCast"]
+        transport.fault = None
 
 
 def test_host_timers_fire_once_due_in_deadline_order_with_one_loop_timer() -> None:
