@@ -22,10 +22,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import msgspec
 from anyio import CancelScope
-from anyio.abc import TaskGroup
 from dtxn.actors import (
     Actor,
     ActorRef,
@@ -167,7 +165,7 @@ class Runtime:
         self._undeliverable = 0
         self._exit: contextlib.AsyncExitStack | None = None
         self._scope: CancelScope | None = None
-        self._tg: TaskGroup | None = None
+        self._pools: list[WorkerPool] = []
         self._crashed = False
         # Set by a crash, or once a stopping node has drained its mailboxes:
         # from then on nothing more is sent or logged, and continuations of
@@ -202,15 +200,17 @@ class Runtime:
             await stack.enter_async_context(self.wal)
             entries = await self.wal.read_all()
             await stack.enter_async_context(self.system)
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
             hosts: dict[str, MachineHost] = {
                 COORDINATOR_ACTOR: self.coordinator,
                 SAGA_ACTOR: self.sagas,
             }
-            self.sagas.pool.start(self._tg)
+            # Each pool is its workers' task group (see workers.py).
+            self.sagas.pool.on_failure = self._worker_failed
+            self._pools = [await stack.enter_async_context(self.sagas.pool)]
             for name, resource in self.resources.items():
                 pool = WorkerPool(f"resource {name!r}", workers=self.resource_concurrency)
-                pool.start(self._tg)
+                pool.on_failure = self._worker_failed
+                self._pools.append(await stack.enter_async_context(pool))
                 participant = ParticipantHost(
                     self, name, self.node, resource, pool, self.clock.sleep
                 )
@@ -266,10 +266,10 @@ class Runtime:
         elif not self._crashed:
             await self.system.aclose(drain=True)
         self.halted = True
-        if self._tg is not None:
-            # Resource calls still running belong to transactions that recovery
-            # will finish at the next start; they are cancelled, not awaited.
-            self._tg.cancel_scope.cancel()
+        # Resource calls still running belong to transactions that recovery
+        # will finish at the next start; they are cancelled, not awaited.
+        for pool in self._pools:
+            pool.cancel_all()
         waiting: list[asyncio.Future[Any]] = [
             *self.coordinator.waiting.values(),
             *self.sagas.waiting.values(),
@@ -297,11 +297,19 @@ class Runtime:
         self._routes.clear()
         for host in self._hosts():
             host.cancel_all_timers()
-        # The actors first, at once: their tasks are the system's, outside the
-        # cancel scope below (which stops the workers, the WAL and the block).
+        # The actors and the resource calls first, at once: their tasks belong
+        # to the actor system and the pools, outside the cancel scope below
+        # (which stops the WAL and the block).
         self.system.cancel_all()
+        for pool in self._pools:
+            pool.cancel_all()
         if self._scope is not None:
             self._scope.cancel()
+
+    def _worker_failed(self, error: BaseException) -> None:
+        """A worker raised (a bug): stop the node; the pool raises it from the block."""
+        log.critical("node %s: a resource worker failed, stopping: %r", self.node, error)
+        self.crash()
 
     def _hosts(self) -> list[MachineHost]:
         return [self.coordinator, self.sagas, *self.participants.values()]

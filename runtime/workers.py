@@ -2,18 +2,31 @@
 
 A participant calls its `Resource` (prepare, commit, abort) for many
 transactions at once. Starting a task group task per call costs more than
-the whole protocol step around it, so each participant host owns a fixed
-set of long-lived workers, started in the runtime's task group, that take
-calls from a bounded queue. The pool size bounds how many calls run against
-one resource concurrently (`resource_concurrency`).
+the whole protocol step around it, so each participant host owns a set of
+long-lived workers that take calls from a bounded queue. The pool size
+bounds how many calls run against one resource concurrently
+(`resource_concurrency`).
+
+**The pool is its workers' task group** (`async with pool:`), as the actor
+system is its actors': it starts each worker as a plain asyncio task, on
+demand (a job that finds no idle worker starts one, up to the pool size),
+cancels them all with `cancel_all()` (a crash) or on exit, and joins them
+before its block ends; a worker that fails (a job must handle its own
+errors, so that is a bug) stops the others, is reported to `on_failure`, and
+is raised from the block in an ExceptionGroup. Why not an anyio task group:
+jobs are submitted from timer and WAL callbacks, outside any task, where
+anyio cannot start a task; and a node incarnation in the simulator lives for
+a few dozen events while many of its pools (the saga pool of a 2PC node)
+never get a job: spawning their workers up front and cancelling them again
+was a large part of a node's start and crash.
 
 Waking a worker costs a task switch, as much as a cheap call itself, so a
 submit wakes a worker only when none is already on its way; a worker that
-takes a job while more wait wakes the next one first (in case its own job
-suspends), and one whose job finished without suspending takes the next job
-itself. Calls that never suspend then cost a couple of task switches per
-burst instead of one each; calls that do suspend still all start, one wake
-after another, up to the pool size.
+takes a job while more wait wakes (or starts) the next one first (in case
+its own job suspends), and one whose job finished without suspending takes
+the next job itself. Calls that never suspend then cost a couple of task
+switches per burst instead of one each; calls that do suspend still all
+start, one wake after another, up to the pool size.
 """
 
 from __future__ import annotations
@@ -21,9 +34,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
-from anyio.abc import TaskGroup
+from anyio import CancelScope
 from anyio.lowlevel import checkpoint
 from dtxn.protocols.errors import ConfigError, DtxnError
 
@@ -59,12 +73,54 @@ class WorkerPool:
         self._seconds: deque[Any] = deque()
         # Futures of the idle workers, each resolved to wake that worker.
         self._idle: list[asyncio.Future[None]] = []
-        # A worker has been woken and has not taken a job yet.
+        # A worker has been woken (or started) and has not taken a job yet.
         self._waking = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = True
+        self._errors: list[BaseException] = []
+        # Called with a worker's error, once: the runtime stops the node.
+        self.on_failure: Callable[[BaseException], None] | None = None
 
-    def start(self, tg: TaskGroup) -> None:
-        for _ in range(self.workers):
-            tg.start_soon(self._work)
+    async def __aenter__(self) -> WorkerPool:
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._errors = []
+        if self._jobs and not self._waking:
+            self._wake_one()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Calls still running belong to transactions that recovery finishes
+        # at the next start: they are cancelled, then joined.
+        self.cancel_all()
+        with CancelScope(shield=True):
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        if self._errors:
+            raise BaseExceptionGroup(f"{self.name}: a worker failed", self._errors)
+
+    def cancel_all(self) -> None:
+        """Cancel every worker now (a crash); no new worker starts after this."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._errors.append(error)
+            self.cancel_all()
+            if self.on_failure is not None:
+                self.on_failure(error)
 
     def submit_nowait(self, job: Job) -> None:
         """Run `await job()` on a worker; raises `WorkQueueFull` when the queue is full."""
@@ -78,13 +134,14 @@ class WorkerPool:
         jobs.append(call)
         self._firsts.append(first)
         self._seconds.append(second)
-        if not self._waking and self._idle:
+        if not self._waking:
             self._wake_one()
 
     def pending(self) -> int:
         return len(self._jobs)
 
-    def _wake_one(self) -> None:
+    def _wake_one(self, *, start: bool = True) -> None:
+        """Wake an idle worker, or start one more when none is idle and there is room."""
         idle = self._idle
         while idle:
             waiter = idle.pop()
@@ -94,6 +151,12 @@ class WorkerPool:
                 self._waking = True
                 waiter.set_result(None)
                 return
+        loop = self._loop
+        if start and not self._closed and loop is not None and len(self._tasks) < self.workers:
+            self._waking = True
+            task = loop.create_task(self._work())
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
 
     async def _work(self) -> None:
         jobs = self._jobs
@@ -101,6 +164,8 @@ class WorkerPool:
         seconds = self._seconds
         idle = self._idle
         loop = asyncio.get_running_loop()
+        # Started to take a job, as a woken worker is.
+        self._waking = False
         batch = 0
         while True:
             if not jobs:
@@ -113,7 +178,8 @@ class WorkerPool:
                         # Woken and cancelled at once: pass the wake on.
                         self._waking = False
                         if jobs and idle:
-                            self._wake_one()
+                            # Only to a live worker: this one is being cancelled.
+                            self._wake_one(start=False)
                     elif waiter in idle:
                         idle.remove(waiter)
                     raise
@@ -123,10 +189,10 @@ class WorkerPool:
             job = jobs.popleft()
             first = firsts.popleft()
             second = seconds.popleft()
-            if jobs and idle and not self._waking:
+            if jobs and not self._waking:
                 self._wake_one()
             # A job handles its own errors (see ParticipantHost); anything that
-            # escapes is a bug and fails the runtime's task group.
+            # escapes is a bug: the pool stops and the runtime fails.
             if first is _NO_ARGUMENT:
                 await job()  # type: ignore[call-arg]
             else:
