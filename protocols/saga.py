@@ -11,10 +11,23 @@ out in order. It never reads a clock or draws a random number: delays are
 callable the runtime hands in (its seeded RNG).
 
 Forward: every step whose dependencies have succeeded is issued, each as
-ForceLog(step-started) then InvokeStep then SetTimer(timeout). A result is
-forced (step-succeeded) before any step that depends on it is issued (G3).
-A failed or timed-out attempt is retried with capped exponential backoff
-while the step's retry budget lasts.
+Log(step-started) then InvokeStep then SetTimer(timeout); its result is
+logged (step-succeeded) before any step that depends on it is issued. A
+failed or timed-out attempt is retried with capped exponential backoff while
+the step's retry budget lasts.
+
+Durability (G3): the log is one ordered stream and a force makes everything
+appended before it durable, so a crash loses a *suffix* of the saga's
+records. Only what recovery could not redo safely is forced: the saga's
+start (before its first action), the pivot's start and result (before
+anything after the pivot), the turn backward (before the first
+compensation), each compensation's start (so the result it is given is
+durable), a stuck report and the outcome (before the caller hears it). A
+lost step record is harmless: recovery issues that step again (at least
+once, deduplicated by the idempotency barrier) and, because the lost suffix
+may have started it, counts its outcome as unknown (compensated if the
+saga goes back; the barrier turns a compensation of a step that never ran
+into a null one). docs/sagas.md has the table.
 
 Backward: when a step before the pivot fails for good (budget spent, or a
 failure marked not retriable), the saga stops issuing, cancels pending
@@ -271,6 +284,8 @@ class SagaOrchestrator:
             raise self._illegal(event)
         self.state = SagaState.RUNNING
         self.payload = event.payload
+        # Forced: a saga whose first action ran must survive a crash, or
+        # nothing would ever compensate (or finish) that action.
         effects: list[Effect] = [
             ForceLog(
                 SagaStarted(
@@ -293,7 +308,9 @@ class SagaOrchestrator:
         if all(s.state is StepState.SUCCEEDED for s in steps.values()):
             self.state = SagaState.COMPLETED
             results = {name: s.result for name, s in steps.items()}
-            effects.append(Log(SagaFinishedRecord(self.saga_id, SagaState.COMPLETED)))
+            # Forced before the caller hears it: the last steps' records may be
+            # lazy, and a re-run after a crash could fail and turn the saga back.
+            effects.append(ForceLog(SagaFinishedRecord(self.saga_id, SagaState.COMPLETED)))
             effects.append(SagaFinished(self.saga_id, SagaState.COMPLETED, "", results))
         return effects
 
@@ -320,7 +337,7 @@ class SagaOrchestrator:
         if op is StepOp.ACTION:
             if not again:
                 step.attempt += 1
-                effects.append(ForceLog(StepStarted(self.saga_id, name, step.attempt)))
+                effects.append(self._step_log(name, StepStarted(self.saga_id, name, step.attempt)))
             attempt = step.attempt
             step.state = StepState.RUNNING
             self._seq += 1
@@ -330,6 +347,9 @@ class SagaOrchestrator:
         else:
             if not again:
                 step.comp_attempt += 1
+                # Forced: the action's result handed to the compensation (and
+                # every record before, e.g. a sibling's late success) must
+                # survive, or a re-run after a crash would compensate blind.
                 effects.append(ForceLog(CompensationStarted(self.saga_id, name, step.comp_attempt)))
             attempt = step.comp_attempt
             step.state = StepState.COMPENSATING
@@ -344,6 +364,26 @@ class SagaOrchestrator:
     def _ordered_ancestors(self, name: str) -> list[str]:
         ancestors = self._ancestors[name]
         return [s.name for s in self.definition.steps if s.name in ancestors]
+
+    def _step_log(self, name: str, record: StepStarted | StepSucceededRecord) -> Effect:
+        """Log an action's start or result: every start is forced, results only the pivot's.
+
+        Every step's start is forced before the step is issued (G3: the log
+        durably records each step before the next step is issued); as the
+        log is committed in order, that also makes the previous steps'
+        results durable, so a crash can lose at most the results of steps
+        running at that moment, which recovery issues again (at least once,
+        deduplicated by the barrier).
+
+        The pivot's start is forced so that a pivot missing from the log
+        surely never ran (a failure can still be compensated, not stuck); its
+        result is forced so that passing it is durable before any step after
+        it runs (G2: nothing is compensated once it took effect). Any other
+        step's record may be lost: recovery issues the step again.
+        """
+        if name == self.definition.pivot or isinstance(record, StepStarted):
+            return ForceLog(record)
+        return Log(record)
 
     # -- answers -------------------------------------------------------------------
 
@@ -381,7 +421,9 @@ class SagaOrchestrator:
         name = step.spec.name
         effects = self._cancel_timer("timeout", step, StepOp.ACTION, step.attempt)
         effects += self._cancel_timer("retry", step, StepOp.ACTION, step.attempt + 1)
-        effects.append(ForceLog(StepSucceededRecord(self.saga_id, name, attempt, result)))
+        effects.append(
+            self._step_log(name, StepSucceededRecord(self.saga_id, name, attempt, result))
+        )
         step.state = StepState.SUCCEEDED
         step.result = result
         step.uncertain = False
@@ -410,20 +452,25 @@ class SagaOrchestrator:
         if self.backward:
             # A sibling of the failed step: no more attempts, compensate if unknown.
             step.state = StepState.FAILED
-            return [*effects, ForceLog(record), *self._advance_backward()]
+            return [*effects, Log(record), *self._advance_backward()]
         if retriable and budget_left:
-            return [*effects, ForceLog(record), *self._schedule_retry(step, StepOp.ACTION)]
+            # Lazy: a lost failure only means another attempt after a crash.
+            return [*effects, Log(record), *self._schedule_retry(step, StepOp.ACTION)]
         if (after_pivot and not is_pivot) or (is_pivot and step.uncertain):
             # Cannot go back: an operator must resume or force this step.
             step.state = StepState.STUCK
+            # Forced before the report: an operator acts on it.
             return [
                 *effects,
-                ForceLog(record),
+                Log(record),
                 ForceLog(SagaStuck(self.saga_id, name, StepOp.ACTION, error)),
                 ReportStuck(self.saga_id, name, StepOp.ACTION, error),
             ]
         step.state = StepState.FAILED
         self.reason = f"step {name!r} failed: {error}"
+        # Forced: the turn backward must be durable before the first
+        # compensation runs, or recovery could go forward again and complete a
+        # partly compensated saga (G1).
         effects.append(
             ForceLog(
                 StepFailedRecord(
@@ -459,7 +506,19 @@ class SagaOrchestrator:
         return effects + self._advance_backward()
 
     def _compensation_order(self) -> list[_Step]:
-        """Unknown outcomes first (latest start first), then completions, latest first."""
+        """Unknown outcomes first, then completions, latest first.
+
+        Among the unknown ones, steps that may have run before a crash but were
+        never issued since (`_mark_possibly_started`) come first, descendants
+        before ancestors: every step issued since has all its dependencies
+        succeeded, so none of those is an ancestor of it. Then the rest by
+        latest start.
+        """
+        unseen = [
+            s
+            for s in self.steps.values()
+            if s.state is StepState.PENDING and s.uncertain and s.spec.compensation is not None
+        ]
         unknown = [
             s
             for s in self.steps.values()
@@ -470,9 +529,10 @@ class SagaOrchestrator:
             for s in self.steps.values()
             if s.state is StepState.SUCCEEDED and s.spec.compensation is not None
         ]
+        unseen.sort(key=lambda s: -len(self._ancestors[s.spec.name]))
         unknown.sort(key=lambda s: -s.started_seq)
         done.sort(key=lambda s: -s.completed_seq)
-        return unknown + done
+        return unseen + unknown + done
 
     def _advance_backward(self) -> list[Effect]:
         busy = (
@@ -487,8 +547,9 @@ class SagaOrchestrator:
         if order:
             return self._issue(order[0], StepOp.COMPENSATION)
         self.state = SagaState.COMPENSATED
+        # Forced before the caller hears it (the last compensation's record is lazy).
         return [
-            Log(SagaFinishedRecord(self.saga_id, SagaState.COMPENSATED, self.reason)),
+            ForceLog(SagaFinishedRecord(self.saga_id, SagaState.COMPENSATED, self.reason)),
             SagaFinished(self.saga_id, SagaState.COMPENSATED, self.reason),
         ]
 
@@ -505,19 +566,22 @@ class SagaOrchestrator:
         if isinstance(event, StepSucceeded):
             step.state = StepState.COMPENSATED
             step.error = ""
-            effects.append(ForceLog(CompensationSucceeded(self.saga_id, name, step.comp_attempt)))
+            # Lazy: if lost, recovery runs the compensation again (the barrier
+            # dedupes); the next compensation's start or the end forces it.
+            effects.append(Log(CompensationSucceeded(self.saga_id, name, step.comp_attempt)))
             return effects + self._advance_backward()
         if isinstance(event, StepTimedOut):
             error, retriable = f"compensation timed out after {step.spec.timeout_s}s", True
         else:
             error, retriable = event.error, event.retriable
         step.error = error
-        effects.append(ForceLog(CompensationFailed(self.saga_id, name, step.comp_attempt, error)))
+        effects.append(Log(CompensationFailed(self.saga_id, name, step.comp_attempt, error)))
         policy = step.spec.compensation_retry
         used = step.comp_attempt - step.comp_budget_base
         if retriable and (policy.max_attempts is None or used < policy.max_attempts):
             return effects + self._schedule_retry(step, StepOp.COMPENSATION)
         step.state = StepState.COMPENSATION_STUCK
+        # Forced before the report: an operator acts on it.
         return [
             *effects,
             ForceLog(SagaStuck(self.saga_id, name, StepOp.COMPENSATION, error)),
@@ -553,6 +617,7 @@ class SagaOrchestrator:
                     step.budget_base = step.attempt
                     effects += self._issue(step, StepOp.ACTION)
                 else:
+                    # Forced: an operator's decision cannot be re-derived on replay.
                     effects.append(
                         ForceLog(
                             StepSucceededRecord(
@@ -678,6 +743,35 @@ class SagaOrchestrator:
                 step.comp_budget_base = step.comp_attempt
         return []
 
+    def _mark_possibly_started(self) -> None:
+        """Count as unknown the outcome of every step a lost lazy record may hide.
+
+        Step records are lazy, so the crash may have taken the start (and
+        result) of an attempt that ran: a step waiting for a retry may have
+        started its next attempt, and a step the log shows pending may have
+        been issued if each of its dependencies may have succeeded. Should the
+        saga go back, such a step is compensated (a null compensation through
+        the barrier if it never ran, which also refuses a late delivery).
+        Steps from the pivot on are left alone: the pivot's records are forced
+        (the log is exact for it) and nothing after it is ever compensated.
+        """
+        reached = {
+            name
+            for name, s in self.steps.items()
+            if s.state in (StepState.SUCCEEDED, StepState.RUNNING, StepState.BACKOFF)
+        }
+        for name in sorted(self.steps, key=lambda n: len(self._ancestors[n])):
+            step = self.steps[name]
+            if name in self._after_pivot:
+                continue
+            if step.state is StepState.BACKOFF:
+                step.uncertain = True
+            elif step.state is StepState.PENDING and all(
+                d in reached for d in step.spec.depends_on
+            ):
+                step.uncertain = True
+                reached.add(name)
+
     def _resume(self, event: RecoveryDone) -> list[Effect]:
         if self.state in _FINISHED:
             results = (
@@ -689,6 +783,7 @@ class SagaOrchestrator:
         if self.state is not SagaState.RECOVERING:
             raise self._illegal(event, "no saga-started record was replayed")
         self.state = SagaState.RUNNING
+        self._mark_possibly_started()
         effects: list[Effect] = []
         for step in self.steps.values():
             state = step.state

@@ -413,7 +413,7 @@ class _SagaSim:
 
     def _tracer(self, txid: str, actor: str, what: str, detail: Any) -> None:
         self.note(what, (actor, txid, detail))
-        if what == "log" and isinstance(detail, SagaFinishedRecord):
+        if what in ("log", "forced") and isinstance(detail, SagaFinishedRecord):
             self.outcomes[txid] = detail.state.value
         elif what == "force" and isinstance(detail, SagaStuck):
             self.outcomes[txid] = SagaState.STUCK.value

@@ -165,7 +165,7 @@ class Driver:
         world: World | None = None,
         *,
         random: Callable[[], float] | None = None,
-        crash_after_forces: int | None = None,
+        crash_after_records: int | None = None,
         keep_inflight: bool = False,
     ) -> None:
         self.definition = definition
@@ -182,9 +182,10 @@ class Driver:
         self.stuck: list[ReportStuck] = []
         self.ignored: list[Ignored] = []
         self.forces = 0
-        self.crash_after_forces = crash_after_forces
+        self.records = 0  # forced and lazy: a crash may come after any of them
+        self.crash_after_records = crash_after_records
         self.keep_inflight = keep_inflight  # invocations outlive the crashed orchestrator
-        self.durable = 0  # the log's forced prefix: what survives a crash
+        self.durable = 0  # the log's forced prefix: what survives a crash (lazy ones die)
         self.crashes = 0
         self.snapshots: list[SagaOrchestrator] = []
 
@@ -212,11 +213,12 @@ class Driver:
             self.trace.append(effect)
             if isinstance(effect, ForceLog | Log):
                 self.log.append(effect.record)
+                self.records += 1
                 if isinstance(effect, ForceLog):
                     self.durable = len(self.log)
                     self.forces += 1
-                    if self.forces == self.crash_after_forces:
-                        raise Crash
+                if self.records == self.crash_after_records:
+                    raise Crash
             elif isinstance(effect, InvokeStep):
                 self._check_invoke(effect)
                 self.issued.append(effect)
@@ -226,8 +228,13 @@ class Driver:
             elif isinstance(effect, CancelTimer):
                 self.timers.pop(effect.name, None)
             elif isinstance(effect, SagaFinished):
+                # The outcome is durable before the caller hears it.
+                assert any(isinstance(r, SagaFinishedRecord) for r in self.log[: self.durable]), (
+                    "saga finished reported before its record was forced"
+                )
                 self.finished.append(effect)
             elif isinstance(effect, ReportStuck):
+                assert any(isinstance(r, SagaStuck) for r in self.log[: self.durable])
                 self.stuck.append(effect)
             elif isinstance(effect, Ignored):
                 self.ignored.append(effect)
@@ -235,14 +242,24 @@ class Driver:
                 raise AssertionError(f"unexpected effect {effect}")
 
     def _check_invoke(self, inv: InvokeStep) -> None:
-        # G3: the start record of this invocation is in the log already.
+        # G3: the start record of this invocation is in the log already (maybe lazy).
         started = StepStarted if inv.op is A else CompensationStarted
         assert any(
             isinstance(r, started) and r.step == inv.step and r.attempt == inv.attempt
             for r in self.log
-        ), f"{inv} issued before its start record was forced"
+        ), f"{inv} issued before its start record was logged"
+        durable = self.log[: self.durable]
+        # The saga's start is durable before any of its steps runs.
+        assert durable and isinstance(durable[0], SagaStarted), f"{inv} before a durable start"
+        pivot = self.definition.pivot
         if inv.op is A:
-            # G3: dependencies' results are durable; recovery never re-runs a completed action.
+            if inv.step == pivot:
+                assert any(isinstance(r, StepStarted) and r.step == pivot for r in durable)
+            elif pivot is not None and pivot in self._ancestors(inv.step):
+                # G2: passing the pivot is durable before any step after it.
+                assert any(isinstance(r, StepSucceededRecord) and r.step == pivot for r in durable)
+            # G3: dependencies' results are logged (a lost completion is
+            # re-issued after a crash, and the barrier dedupes it).
             done = self._succeeded_in_log()
             spec = next(s for s in self.definition.steps if s.name == inv.step)
             assert set(spec.depends_on) <= done, f"{inv.step} issued before its dependencies"
@@ -252,6 +269,25 @@ class Driver:
         else:
             # G2: nothing compensated once the pivot succeeded.
             assert self.definition.pivot not in self._succeeded_in_log()
+            # G1: the turn backward and this compensation's start are durable first.
+            assert any(
+                isinstance(r, CompensationStarted)
+                and r.step == inv.step
+                and r.attempt == inv.attempt
+                for r in durable
+            )
+            assert any(isinstance(r, StepFailedRecord) and r.exhausted for r in durable)
+
+    def _ancestors(self, name: str) -> set[str]:
+        specs = {s.name: s for s in self.definition.steps}
+        found: set[str] = set()
+        todo = list(specs[name].depends_on)
+        while todo:
+            dep = todo.pop()
+            if dep not in found:
+                found.add(dep)
+                todo.extend(specs[dep].depends_on)
+        return found
 
     def _check_machine(self) -> None:
         states = [s.state for s in self.machine.steps.values()]
@@ -275,7 +311,7 @@ class Driver:
     def restart(self) -> None:
         """The orchestrator crashed right after its last forced record: replay the log."""
         self.crashes += 1
-        self.crash_after_forces = None
+        self.crash_after_records = None
         del self.log[self.durable :]
         if not self.keep_inflight:
             self.queue.clear()
@@ -439,7 +475,8 @@ def test_all_steps_succeed_and_independent_steps_are_issued_together() -> None:
     driver = Driver(diamond())
     effects = driver.start({"who": "ann"})
     assert invokes(effects) == [("hotel", A), ("car", A)]
-    # G3 in the effect order: each invocation right after its forced start.
+    # G3 in the effect order: the saga's start forced, then each invocation
+    # right after its forced start record.
     kinds = [type(e).__name__ for e in effects]
     assert kinds == [
         "ForceLog",
@@ -778,12 +815,12 @@ SCENARIOS: dict[str, tuple[Callable[[], SagaDefinition], dict[tuple[str, StepOp]
 }
 
 
-def _forces_of(name: str) -> int:
+def _records_of(name: str) -> int:
     make, script = SCENARIOS[name]
     driver = Driver(make(), World(dict(script)))
     driver.start()
     settle(driver)
-    return driver.forces
+    return driver.records
 
 
 def settle(driver: Driver) -> None:
@@ -795,12 +832,12 @@ def settle(driver: Driver) -> None:
     raise AssertionError("still stuck")
 
 
-CRASH_POINTS = [(name, n) for name in SCENARIOS for n in range(1, _forces_of(name) + 1)]
+CRASH_POINTS = [(name, n) for name in SCENARIOS for n in range(1, _records_of(name) + 1)]
 
 
 @pytest.mark.parametrize("keep_inflight", [False, True], ids=["inflight-lost", "inflight-late"])
 @pytest.mark.parametrize(("scenario", "crash_after"), CRASH_POINTS)
-def test_a_crash_after_any_forced_record_resumes_without_rerunning_completed_actions(
+def test_a_crash_after_any_record_resumes_without_rerunning_completed_actions(
     scenario: str, crash_after: int, keep_inflight: bool
 ) -> None:
     make, script = SCENARIOS[scenario]
@@ -809,7 +846,7 @@ def test_a_crash_after_any_forced_record_resumes_without_rerunning_completed_act
     settle(reference)
 
     driver = Driver(
-        make(), World(dict(script)), crash_after_forces=crash_after, keep_inflight=keep_inflight
+        make(), World(dict(script)), crash_after_records=crash_after, keep_inflight=keep_inflight
     )
     driver.start()
     settle(driver)
@@ -836,7 +873,7 @@ def test_recovery_of_a_finished_saga_reports_its_end_again_and_issues_nothing() 
     assert effects == [SagaFinished("s1", SagaState.COMPLETED, "", driver.finished[0].results)]
 
 
-def test_a_lost_lazy_saga_finished_record_is_written_again_on_recovery() -> None:
+def test_a_saga_whose_finished_record_was_lost_forces_it_again_on_recovery() -> None:
     driver = Driver(trip())
     driver.start()
     driver.run()
@@ -846,7 +883,7 @@ def test_a_lost_lazy_saga_finished_record_is_written_again_on_recovery() -> None
         machine.handle(RecordRecovered(record))
     effects = machine.handle(RecoveryDone())
     assert effects == [
-        Log(SagaFinishedRecord("s1", SagaState.COMPLETED)),
+        ForceLog(SagaFinishedRecord("s1", SagaState.COMPLETED)),
         SagaFinished("s1", SagaState.COMPLETED, "", driver.finished[0].results),
     ]
 
@@ -871,21 +908,60 @@ def test_a_step_reissued_after_a_crash_then_failing_is_compensated_as_a_fence() 
     # the re-issued one fails for good. The old one may yet land, so b is
     # compensated: a null compensation that makes the barrier refuse it.
     world = World({("a", A): ["fail"], ("b", A): ["fatal"]})
-    driver = Driver(two_branches(), world, crash_after_forces=4, keep_inflight=True)
+    driver = Driver(two_branches(), world, crash_after_records=4, keep_inflight=True)
     driver.start()
-    driver.deliver(0)  # a fails; the orchestrator crashes right after forcing that
+    driver.deliver(0)  # a fails (lazily logged); the orchestrator crashes
     assert driver.crashes == 1
-    assert [(i.step, i.attempt) for i in driver.queue] == [("b", 1), ("b", 1)]
-    driver.deliver(1)  # the re-issued b fails for good
+    # Only the forced saga-started survived: both steps are issued again.
+    assert [(i.step, i.attempt) for i in driver.queue] == [("b", 1), ("a", 1), ("b", 1)]
+    driver.deliver(2)  # the re-issued b fails for good
     assert driver.state() is SagaState.COMPENSATING
-    assert [(i.step, i.op) for i in driver.queue] == [("b", A), ("b", C)]
-    driver.deliver(1)  # the compensation overtakes the old delivery: null
+    driver.deliver(1)  # a succeeds; the unknown steps are compensated first
+    # c (after a) may have been issued before the crash too: it goes first.
+    assert [(i.step, i.op) for i in driver.queue] == [("b", A), ("c", C)]
+    driver.run(pick=lambda n: n - 1)  # compensations overtake the old delivery of b
     assert driver.state() is SagaState.COMPENSATED
-    driver.deliver(0)  # the old delivery lands: refused, and ignored
-    assert isinstance(driver.trace[-1], Ignored)
-    assert world.rows["b"] == [BarrierRow(C, null=True)]
-    assert world.applied == []
-    assert driver.compensations() == ["b"]
+    assert world.rows["b"] == [BarrierRow(C, null=True)]  # the late b was refused
+    assert driver.compensations() == ["c", "b", "a"]
+    driver.check_outcome()
+
+
+def test_a_pending_step_that_may_have_run_before_a_crash_is_compensated_going_back() -> None:
+    # The crash took hotel's lazily logged success and the starts of car and
+    # flight, which may have run. After recovery hotel is issued again and now
+    # fails for good: car and flight are unknown, so they are compensated
+    # (latest first, before hotel) though never issued again.
+    machine = SagaOrchestrator("s1", trip())
+    for record in [SagaStarted("s1", "trip", 1, "p"), StepStarted("s1", "hotel", 1)]:
+        machine.handle(RecordRecovered(record))
+    effects = machine.handle(RecoveryDone())
+    assert invokes(effects) == [("hotel", A)]
+    assert all(s.uncertain for s in machine.report().steps)
+    compensated = []
+    effects = machine.handle(StepFailed("hotel", "no", False, A, 1))
+    for _ in range(3):
+        [invoke] = [e for e in effects if isinstance(e, InvokeStep)]
+        assert invoke.op is C and invoke.results == {}
+        compensated.append(invoke.step)
+        effects = machine.handle(StepSucceeded(invoke.step, None, C, invoke.attempt))
+    assert compensated == ["flight", "car", "hotel"]
+    assert machine.state is SagaState.COMPENSATED
+    assert ForceLog(SagaFinishedRecord("s1", SagaState.COMPENSATED, "step 'hotel' failed: no")) in (
+        effects
+    )
+
+
+def test_a_pending_step_whose_dependency_surely_failed_is_not_counted_unknown() -> None:
+    machine = SagaOrchestrator("s1", trip())
+    for record in [
+        SagaStarted("s1", "trip", 1, "p"),
+        StepStarted("s1", "hotel", 1),
+        StepFailedRecord("s1", "hotel", 1, "no", exhausted=True),
+    ]:
+        machine.handle(RecordRecovered(record))
+    effects = machine.handle(RecoveryDone())
+    assert not any(s.uncertain for s in machine.report().steps)
+    assert effects[-1] == SagaFinished("s1", SagaState.COMPENSATED, "step 'hotel' failed: no")
 
 
 def test_recovery_going_backward_compensates_a_step_whose_answer_died_with_the_crash() -> None:
@@ -1180,7 +1256,7 @@ def test_random_dags_with_random_failures_and_a_crash_satisfy_g1_g2_and_g4(
         definition,
         world,
         random=draws(jitter),
-        crash_after_forces=crash_after,
+        crash_after_records=crash_after,
         keep_inflight=keep_inflight,
     )
     schedule = iter(picks)
