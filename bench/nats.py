@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -36,6 +34,7 @@ from dtxn.protocols.effects import Outcome
 from dtxn.runtime import InProcessTransport, Runtime
 from dtxn.runtime.loop import run as run_loop
 from dtxn.runtime.nats_transport import NatsTransport
+from dtxn.runtime.node import start_process
 from dtxn.runtime.servers import nats_server
 
 PARTICIPANTS = ("p1", "p2", "p3")
@@ -78,18 +77,8 @@ async def _node_processes(root: Path, url: str) -> AsyncIterator[list[Process]]:
     processes: list[Process] = []
     try:
         for node in PARTICIPANTS:
-            with (root / f"{node}.log").open("ab") as log:
-                process = await anyio.open_process(
-                    [sys.executable, "-m", "dtxn.runtime.cli", "node",
-                     "--config", str(_node_config(root, node, url))],
-                    stdout=subprocess.PIPE, stderr=log, env={**os.environ},
-                )
-            processes.append(process)
-            assert process.stdout is not None
-            seen = b""
-            with anyio.fail_after(60):
-                while b"ready" not in seen:
-                    seen += await process.stdout.receive()
+            config = _node_config(root, node, url)
+            processes.append(await start_process(config, root / f"{node}.log"))
         yield processes
     finally:
         for process in processes:

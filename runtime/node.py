@@ -14,14 +14,18 @@ process (see `submit`), answered with a `TransactReply`.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
+from anyio.abc import Process
 from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.messages import Timeouts
 from dtxn.runtime.coordinator import COORDINATOR_ACTOR
@@ -198,6 +202,34 @@ async def _watch_signals(stop: anyio.Event) -> None:
             return
 
 
+async def start_process(
+    config: Path, log: Path, *, env: Mapping[str, str] | None = None, within_s: float = 60.0
+) -> Process:
+    """Start `dtxn node --config CONFIG` as a child process, its log appended to `log`;
+    return it once it printed that it is ready (its subscriptions are in force).
+
+    Tests, benchmarks and the bank example use it; stop it with SIGTERM.
+    """
+    with log.open("ab") as log_file:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "dtxn.runtime.cli", "node", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=log_file, cwd=config.parent,
+            env=dict(env) if env is not None else {**os.environ},
+        )
+    assert process.stdout is not None
+    seen = b""
+    with anyio.fail_after(within_s):
+        while b"ready" not in seen:
+            try:
+                seen += await process.stdout.receive()
+            except anyio.EndOfStream:
+                await process.aclose()
+                raise ConfigError(
+                    f"dtxn node --config {config} exited before it was ready; see {log}"
+                ) from None
+    return process
+
+
 def main(config_path: str) -> int:
     """The `dtxn node` command: exit 0 after a clean stop, 2 on a configuration error."""
     from dtxn.runtime.loop import run
@@ -235,4 +267,13 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-__all__ = ["GATEWAY", "TransactReply", "TransactRequest", "gateway", "main", "serve", "submit"]
+__all__ = [
+    "GATEWAY",
+    "TransactReply",
+    "TransactRequest",
+    "gateway",
+    "main",
+    "serve",
+    "start_process",
+    "submit",
+]

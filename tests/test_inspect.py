@@ -424,8 +424,6 @@ def test_a_missing_file_and_an_unknown_txid_are_clear_errors(tmp_path: Path) -> 
 
 @pytest.mark.anyio
 async def test_inspect_shows_sagas_a_runtime_ran(tmp_path: Path) -> None:
-    if not hasattr(Runtime, "run_saga"):
-        pytest.skip("this Runtime does not run sagas yet")
     from dtxn.protocols.saga import RetryPolicy, SagaDefinition, SagaStep
     from dtxn.runtime.sagas import StepCall, StepError
 

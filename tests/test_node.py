@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Vote
 from dtxn.runtime.nats_transport import NatsTransport
-from dtxn.runtime.node import submit
+from dtxn.runtime.node import start_process, submit
 from dtxn.runtime.node_config import load
 from dtxn.runtime.servers import nats_server
 
@@ -126,16 +125,7 @@ def test_dtxn_node_exits_2_on_a_bad_config_or_module(tmp_path: Path) -> None:
 
 
 async def _start(config: Path) -> Any:
-    with (config.parent / "node.log").open("ab") as log:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "dtxn.runtime.cli", "node", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=log, cwd=config.parent, env={**os.environ},
-        )
-    seen = b""
-    with anyio.fail_after(60):
-        while b"ready" not in seen:
-            seen += await process.stdout.receive()
-    return process
+    return await start_process(config, config.parent / "node.log")
 
 
 async def test_a_node_process_runs_transactions_for_clients_and_stops_on_sigterm(

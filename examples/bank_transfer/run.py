@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ from dtxn.actors import AskTimeout
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.loop import run
 from dtxn.runtime.nats_transport import NatsTransport, RemoteError
-from dtxn.runtime.node import submit
+from dtxn.runtime.node import start_process, submit
 from dtxn.runtime.servers import nats_server, postgres_server
 from dtxn.runtime.transport import UnknownNode
 
@@ -98,21 +97,7 @@ class NodeProcess:
 
     async def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-        with self.log.open("ab") as log:
-            self.process = await anyio.open_process(
-                [sys.executable, "-m", "dtxn.runtime.cli", "node", "--config", str(self.config)],
-                stdout=subprocess.PIPE, stderr=log, env=env,
-            )
-        assert self.process.stdout is not None
-        seen = b""
-        with anyio.fail_after(60):
-            while b"ready" not in seen:
-                try:
-                    seen += await self.process.stdout.receive()
-                except anyio.EndOfStream:
-                    raise RuntimeError(
-                        f"node {self.name} exited before it was ready; see {self.log}"
-                    ) from None
+        self.process = await start_process(self.config, self.log, env=env)
         self.starts += 1
 
     @property
