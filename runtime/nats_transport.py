@@ -46,7 +46,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from dtxn.actors.errors import AskTimeout
 from dtxn.protocols.errors import CodecError, ConfigError, DtxnError
 from dtxn.protocols.messages import Prepare
-from dtxn.runtime.transport import Address, NodePort, TransportStatistics, UnknownNode
+from dtxn.runtime.transport import Address, NodePort, UnknownNode
 from nats.aio.client import Client as NATS
 
 log = logging.getLogger("dtxn.nats")
@@ -366,9 +366,6 @@ class NatsTransport:
             self._messages, self._bytes, self._undeliverable, self._dropped,
             self._rejected, self._received, self._reconnects,
         )
-
-    def transport_statistics(self) -> TransportStatistics:
-        return TransportStatistics(self._messages, self._bytes, self._undeliverable, self._dropped)
 
     # -- internals ---------------------------------------------------------------------
 
