@@ -746,8 +746,9 @@ class SagaOrchestrator:
     def _mark_possibly_started(self) -> None:
         """Count as unknown the outcome of every step a lost lazy record may hide.
 
-        Step records are lazy, so the crash may have taken the start (and
-        result) of an attempt that ran: a step waiting for a retry may have
+        Conservative since step starts are forced (G3): only a log written
+        while they were lazy can have lost the start (and result) of an
+        attempt that ran. Then a step waiting for a retry may have
         started its next attempt, and a step the log shows pending may have
         been issued if each of its dependencies may have succeeded. Should the
         saga go back, such a step is compensated (a null compensation through
