@@ -122,6 +122,21 @@ class HostServices(Protocol):
 _NO_BACKLOG: list[Effect] = []
 
 
+# As `_NO_BACKLOG`, for the records riding on a force.
+_NO_RECORDS: list[Record] = []
+
+
+def _forced_later(effects: list[Effect], start: int) -> bool:
+    """Whether `effects[start:]` begins with log records up to and including a forced one."""
+    for index in range(start, len(effects)):
+        kind = type(effects[index])
+        if kind is ForceLog:
+            return True
+        if kind is not Log:
+            return False
+    return False
+
+
 # Machine type -> whether it has `receive`: a few protocol classes in practice.
 _RECEIVES: dict[type, bool] = {}
 
@@ -134,7 +149,17 @@ class _Txn:
     scan while the commit is in flight.
     """
 
-    __slots__ = ("backlog", "blocked", "forcing", "host", "machine", "receives", "timers", "txid")
+    __slots__ = (
+        "backlog",
+        "blocked",
+        "forcing",
+        "host",
+        "machine",
+        "receives",
+        "riding",
+        "timers",
+        "txid",
+    )
 
     def __init__(self, host: MachineHost, txid: str, machine: Machine | None) -> None:
         self.host = host
@@ -149,8 +174,10 @@ class _Txn:
         self.blocked = False
         self.backlog = _NO_BACKLOG
         self.timers: dict[str, Cancellable] = {}
-        # The record being forced (for the "forced" trace event).
+        # The record being forced, and the records forced with it (for the
+        # "forced" trace events).
         self.forcing: Record | None = None
+        self.riding: list[Record] = _NO_RECORDS
 
     def __call__(self, error: WalError | None = None) -> None:
         """The forced record is durable: carry out the effects parked behind it."""
@@ -167,6 +194,8 @@ class _Txn:
         if txn is None:
             return
         if services.tracing:
+            for record in self.riding:
+                services.trace(txid, host.me, "forced", record)
             services.trace(txid, host.me, "forced", self.forcing)
         txn.blocked = False
         backlog, txn.backlog = txn.backlog, _NO_BACKLOG
@@ -262,6 +291,8 @@ class MachineHost:
             return
         services = self.services
         counters = services.counters
+        # Records forced by a later record of this run (traced "forced" with it).
+        riding = _NO_RECORDS
         # Dispatch on the exact type, ordered by frequency: an identity test is
         # a fraction of an isinstance call, and this loop runs for every effect
         # of every transaction. Effect types are not subclassed (the final
@@ -291,6 +322,25 @@ class MachineHost:
                     if old is not None:
                         old.cancel()
             elif kind is ForceLog:
+                if _forced_later(effects, index):
+                    # Another forced record follows with only log records in
+                    # between: the log commits in order, so forcing that one
+                    # makes this one durable too, for one fsync instead of two
+                    # (a saga's start and its first step's start, say).
+                    counters.forces += 1
+                    rider: ForceLog = effect  # type: ignore[assignment]
+                    record = rider.record
+                    if services.tracing:
+                        services.trace(txid, self.me, "force", record)
+                        if riding is _NO_RECORDS:
+                            riding = []
+                        riding.append(record)
+                    services.log_append(
+                        txid,
+                        kind_of(record),
+                        LOG_ENCODER.encode(LogEntry(self.name, record)),  # type: ignore[arg-type]
+                    )
+                    continue
                 if txn is None:
                     # An answer about an unknown transaction that must be forced
                     # first: park its remaining effects on a placeholder entry.
@@ -302,6 +352,7 @@ class MachineHost:
                 force: ForceLog = effect  # type: ignore[assignment]
                 record = force.record
                 txn.forcing = record
+                txn.riding = riding
                 if services.tracing:
                     services.trace(txid, self.me, "force", record)
                 services.log_force(
