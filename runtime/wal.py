@@ -45,8 +45,11 @@ futures and events, not anyio's.
 Leaving the block normally drains the buffer. When the block is left because
 an enclosing cancel scope was cancelled (a crash), the writer is cancelled, as
 a task group's child would be: records not yet durable are lost and waiting
-forces fail. A plain asyncio cancellation of the caller still drains, as with
-the task group (which cancelled its writer only after the drain).
+forces fail. A crashing runtime calls `lose_buffered` first: otherwise a
+drain that reached the disk before the cancellation reached the writer could
+keep lazy records a real crash would have lost. A plain asyncio cancellation
+of the caller still drains, as with the task group (which cancelled its
+writer only after the drain).
 
 Backends: `dtxn.runtime.wal_sqlite.SqliteWal` (aiosqlite, WAL journal,
 synchronous=FULL by default) and `dtxn.runtime.wal_memory.MemoryWal` (no
@@ -179,6 +182,10 @@ class WalStore(Protocol):
 
     async def read_all(self) -> list[WalEntry]:
         """Every committed record in LSN order, each checked against its checksum."""
+        ...
+
+    def lose_buffered(self) -> None:
+        """The process crashed: drop what no commit has taken yet and refuse more writes."""
         ...
 
     def statistics(self) -> WalStatistics: ...
@@ -607,6 +614,18 @@ class GroupCommitWal:
             mean_batch=self._records_committed / self._commits if self._commits else 0.0,
             bytes_written=self._bytes_written,
         )
+
+    def lose_buffered(self) -> None:
+        """Stop as a process crash stops the store: records no commit has taken are lost.
+
+        A commit already on its way to the disk may still land (so may a real
+        one when the process dies mid-fsync); nothing buffered after it does,
+        and leaving the block no longer drains. Forces still waiting fail (the
+        failure counts as reported: the crash is the caller's own doing), and
+        the store refuses writes until it is opened again.
+        """
+        if self._open and self._failure is None:
+            self._fail(WalError(f"WAL {self.where}: the node crashed"), reported=True)
 
     def _check_writable(self) -> None:
         if self._failure is not None:
