@@ -179,6 +179,10 @@ class _Step:
 
 
 _FINISHED = (SagaState.COMPLETED, SagaState.COMPENSATED)
+# States `_settle` leaves alone, and the step states that make a saga stuck
+# (tuples: `in` tests identity first, where a set would call Enum.__hash__).
+_SETTLED = (*_FINISHED, SagaState.INIT, SagaState.RECOVERING)
+_STEP_STUCK = (StepState.STUCK, StepState.COMPENSATION_STUCK)
 
 
 class _Plan:
@@ -302,11 +306,14 @@ class SagaOrchestrator:
         )
 
     def _settle(self) -> None:
-        if self.state in _FINISHED or self.state in (SagaState.INIT, SagaState.RECOVERING):
+        if self.state in _SETTLED:
             return
-        if any(
-            s.state in (StepState.STUCK, StepState.COMPENSATION_STUCK) for s in self.steps.values()
-        ):
+        stuck = False
+        for step in self.steps.values():
+            if step.state in _STEP_STUCK:
+                stuck = True
+                break
+        if stuck:
             self.state = SagaState.STUCK
         elif self.backward:
             self.state = SagaState.COMPENSATING
@@ -336,12 +343,20 @@ class SagaOrchestrator:
         """Issue every ready step; finish when all succeeded."""
         effects: list[Effect] = []
         steps = self.steps
+        # Plain loops: this runs after every step's success.
+        done = True
         for step in steps.values():
-            if step.state is StepState.PENDING and all(
-                steps[d].state is StepState.SUCCEEDED for d in step.spec.depends_on
-            ):
-                effects.extend(self._issue(step, StepOp.ACTION))
-        if all(s.state is StepState.SUCCEEDED for s in steps.values()):
+            state = step.state
+            if state is StepState.PENDING:
+                done = False
+                for dependency in step.spec.depends_on:
+                    if steps[dependency].state is not StepState.SUCCEEDED:
+                        break
+                else:
+                    effects.extend(self._issue(step, StepOp.ACTION))
+            elif state is not StepState.SUCCEEDED:
+                done = False
+        if done:
             self.state = SagaState.COMPLETED
             results = {name: s.result for name, s in steps.items()}
             # Forced before the caller hears it: the last steps' records may be
@@ -351,7 +366,8 @@ class SagaOrchestrator:
         return effects
 
     def _timer_name(self, kind: str, step: str, op: StepOp, attempt: int) -> str:
-        return f"{kind}:{step}:{op.value}:{attempt}"
+        # Not `op.value`: the enum's descriptor costs more than the test.
+        return f"{kind}:{step}:{'action' if op is StepOp.ACTION else 'compensation'}:{attempt}"
 
     def _set_timer(
         self, kind: str, step: _Step, op: StepOp, attempt: int, delay_s: float
@@ -361,6 +377,8 @@ class SagaOrchestrator:
         return SetTimer(name, delay_s)
 
     def _cancel_timer(self, kind: str, step: _Step, op: StepOp, attempt: int) -> list[Effect]:
+        if not self.timers:
+            return []
         name = self._timer_name(kind, step.spec.name, op, attempt)
         if self.timers.pop(name, None) is None:
             return []

@@ -45,7 +45,7 @@ from dtxn.runtime import otel
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.coordinator import COORDINATOR_ACTOR, CoordinatorHost, TxnOutcome
 from dtxn.runtime.hosting import LOG_ENCODER, LogEntry, MachineHost
-from dtxn.runtime.hosts_actor import HostActor, StartSaga
+from dtxn.runtime.hosts_actor import HostActor
 from dtxn.runtime.observe import TraceEvent, TraceStream, describe
 from dtxn.runtime.participant import ParticipantHost
 from dtxn.runtime.recovery import rebuild, resume
@@ -489,13 +489,17 @@ class Runtime:
         """Run an orchestrated saga; return when it completed, compensated or got stuck."""
         if self._exit is None:
             raise TransactionError(f"runtime {self.node!r} is not running; use `async with`")
+        if self.halted:
+            raise TransactionError(f"runtime {self.node!r} has crashed; it starts nothing more")
         found = self._definition(definition, version)
         if saga_id is None:
             saga_id = f"saga-{self.new_txid()}"
         elif saga_id in self.sagas.txns or saga_id in self.sagas.ended:
             raise TransactionError(f"saga id {saga_id!r} was already used on {self.node!r}")
         reply: asyncio.Future[SagaOutcome] = asyncio.get_running_loop().create_future()
-        await self._refs[SAGA_ACTOR].tell(StartSaga(saga_id, found, payload, reply))
+        # Started right here, as `transact` starts its coordinator: hosts never
+        # await, so the loop serialises this with the saga actor's messages.
+        self.sagas.begin(saga_id, found, payload, reply)
         return await reply
 
     def _definition(self, definition: str | SagaDefinition, version: int | None) -> SagaDefinition:

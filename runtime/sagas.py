@@ -98,6 +98,8 @@ class SagaHost(MachineHost):
         self.steps: dict[str, StepFn] = {}
         self.waiting: dict[str, asyncio.Future[SagaOutcome]] = {}
         self.ended: OrderedDict[str, SagaOutcome] = OrderedDict()
+        # Bound once: the pool calls it for every step (no closure per call).
+        self._invoke_bound = self._invoke
 
     # -- registration --------------------------------------------------------------
 
@@ -164,7 +166,7 @@ class SagaHost(MachineHost):
 
     def on_effect(self, txid: str, effect: Effect) -> bool:
         if isinstance(effect, InvokeStep):
-            self.pool.submit_nowait(lambda: self._invoke(effect))
+            self.pool.submit_call(self._invoke_bound, effect, None)
             return True
         if isinstance(effect, ReportStuck):
             self.services.counters.stuck += 1
@@ -199,7 +201,7 @@ class SagaHost(MachineHost):
         if reply is not None and not reply.done():
             reply.set_result(outcome)
 
-    async def _invoke(self, effect: InvokeStep) -> None:
+    async def _invoke(self, effect: InvokeStep, _: None) -> None:
         fn = self.steps[effect.name]
         call = StepCall(
             effect.saga_id, effect.step, effect.op, effect.attempt, effect.payload, effect.results

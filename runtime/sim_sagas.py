@@ -483,13 +483,23 @@ class _SagaSim:
         self.outcomes[saga_id] = "info"
         self.tasks.append(asyncio.get_running_loop().create_task(self._client(rt, saga_id)))
 
+    def definition_name(self, saga_id: str) -> str:
+        """The name of the definition `saga_id` runs (here each saga has its own)."""
+        return saga_id
+
     async def _client(self, rt: Runtime, saga_id: str) -> None:
         try:
-            outcome = await rt.run_saga(saga_id, {"saga": saga_id}, saga_id=saga_id)
+            outcome = await rt.run_saga(
+                self.definition_name(saga_id), {"saga": saga_id}, saga_id=saga_id
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
+            return
+        except DtxnError as exc:
+            # The orchestrator crashed before the client's task ran: not started.
+            self.note("client", f"{saga_id} failed: {exc}")
             return
         self.note("client", f"{saga_id} {outcome.state.value}")
 
