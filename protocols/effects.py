@@ -110,6 +110,16 @@ class InvokeResource(Effect, frozen=True):
     payload: Any = None
 
 
+class Compact(Effect, frozen=True):
+    """Recovery needs no record of this transaction but the one just forced.
+
+    Follows a ForceLog (it takes effect once that record is durable): the
+    runtime may delete the transaction's earlier records, keeping the forced
+    one as its tombstone (what the transaction ended as, and that its id
+    was used).
+    """
+
+
 class Forget(Effect, frozen=True):
     """The machine is finished; the runtime may drop it (its outcome is remembered)."""
 

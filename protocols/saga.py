@@ -68,6 +68,7 @@ from typing import Any
 import msgspec
 from dtxn.protocols.effects import (
     CancelTimer,
+    Compact,
     Effect,
     Event,
     ForceLog,
@@ -362,6 +363,8 @@ class SagaOrchestrator:
             # Forced before the caller hears it: the last steps' records may be
             # lazy, and a re-run after a crash could fail and turn the saga back.
             effects.append(ForceLog(SagaFinishedRecord(self.saga_id, SagaState.COMPLETED)))
+            # Once it is durable, the saga's other records are history.
+            effects.append(Compact())
             effects.append(SagaFinished(self.saga_id, SagaState.COMPLETED, "", results))
         return effects
 
@@ -603,6 +606,7 @@ class SagaOrchestrator:
         # Forced before the caller hears it (the last compensation's record is lazy).
         return [
             ForceLog(SagaFinishedRecord(self.saga_id, SagaState.COMPENSATED, self.reason)),
+            Compact(),
             SagaFinished(self.saga_id, SagaState.COMPENSATED, self.reason),
         ]
 

@@ -30,6 +30,7 @@ import msgspec
 from dtxn.actors.timing import Cancellable, Timekeeper
 from dtxn.protocols.effects import (
     CancelTimer,
+    Compact,
     Decide,
     Effect,
     Event,
@@ -105,8 +106,15 @@ class HostServices(Protocol):
 
     def log_force(
         self, txid: str, kind: str, data: bytes, done: Callable[[WalError | None], None]
-    ) -> None:
-        """Force a record; `done(None)` once durable, `done(error)` if the WAL failed."""
+    ) -> int:
+        """Force a record; `done(None)` once durable, `done(error)` if the WAL failed.
+
+        Returns its LSN (0 when nothing is written: a halted node).
+        """
+        ...
+
+    def log_discard(self, txid: str, before: int | None) -> None:
+        """Delete the transaction's records (below LSN `before`, if given) in the next commit."""
         ...
 
     def force_failed(self, error: WalError | None) -> None:
@@ -152,6 +160,7 @@ class _Txn:
     __slots__ = (
         "backlog",
         "blocked",
+        "forced_lsn",
         "forcing",
         "host",
         "machine",
@@ -178,6 +187,8 @@ class _Txn:
         # "forced" trace events).
         self.forcing: Record | None = None
         self.riding: list[Record] = _NO_RECORDS
+        # The LSN of the last record forced (what `Compact` keeps).
+        self.forced_lsn = 0
 
     def __call__(self, error: WalError | None = None) -> None:
         """The forced record is durable: carry out the effects parked behind it."""
@@ -355,7 +366,7 @@ class MachineHost:
                 txn.riding = riding
                 if services.tracing:
                     services.trace(txid, self.me, "force", record)
-                services.log_force(
+                txn.forced_lsn = services.log_force(
                     txid,
                     kind_of(record),
                     LOG_ENCODER.encode(LogEntry(self.name, record)),  # type: ignore[arg-type]
@@ -370,6 +381,10 @@ class MachineHost:
                 if services.tracing:
                     services.trace(txid, self.me, "decide", decide.outcome.value)
                 self.on_decide(txid, decide.outcome, decide.reason)
+            elif kind is Compact:
+                if txn is None or not txn.forced_lsn:
+                    raise TypeError(f"Compact for {txid!r} without a forced record to keep")
+                services.log_discard(txid, txn.forced_lsn)
             elif kind is Forget:
                 if txn is not None:
                     for timer in txn.timers.values():

@@ -16,13 +16,13 @@ from dtxn.protocols.effects import Outcome, RecordRecovered, RecoveryDone
 from dtxn.protocols.errors import ConfigError, LogCorruptError
 from dtxn.protocols.messages import Protocol
 from dtxn.protocols.records import CoordChose, Record
-from dtxn.protocols.saga_records import SagaStarted
+from dtxn.protocols.saga_records import SagaFinishedRecord, SagaStarted
 from dtxn.protocols.threepc import ThreePCCoordinator, ThreePCParticipant
 from dtxn.protocols.twopc import TwoPCCoordinator, TwoPCParticipant
 from dtxn.runtime.coordinator import CoordinatorHost
 from dtxn.runtime.hosting import LOG_DECODER, LogEntry, MachineHost
 from dtxn.runtime.participant import ParticipantHost
-from dtxn.runtime.sagas import SagaHost
+from dtxn.runtime.sagas import SagaHost, SagaOutcome
 from dtxn.runtime.wal import WalEntry
 
 Pending = list[tuple[MachineHost, str]]
@@ -44,6 +44,7 @@ def decode_entries(entries: list[WalEntry], where: str) -> list[tuple[WalEntry, 
 def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: str) -> Pending:
     """Replay records into fresh machines; return the (host, txid) pairs to resume."""
     groups: dict[tuple[str, str], list[Record]] = {}
+    last_lsn: dict[tuple[str, str], int] = {}
     chose: set[tuple[str, str]] = set()
     for entry, log_entry in decode_entries(entries, where):
         key = (log_entry.actor, entry.txid)
@@ -52,6 +53,7 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
             chose.add(key)
             continue
         groups.setdefault(key, []).append(log_entry.record)
+        last_lsn[key] = entry.lsn
     pending: Pending = []
     for actor, txid in sorted(chose - groups.keys()):
         # Chose a protocol, then crashed before any decision record: presumed abort.
@@ -73,6 +75,14 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
                 protocol = found
                 break
         if isinstance(host, SagaHost):
+            last = records[-1]
+            if isinstance(last, SagaFinishedRecord):
+                # Ended: only its tombstone is needed (a log written before
+                # sagas compacted themselves is compacted now).
+                host.remember_ended(SagaOutcome(txid, last.state, last.reason))
+                if len(records) > 1:
+                    host.services.log_discard(txid, last_lsn[(actor, txid)])
+                continue
             first = records[0]
             if not isinstance(first, SagaStarted):
                 raise LogCorruptError(

@@ -44,7 +44,7 @@ from dtxn.protocols.saga import SagaDefinition, SagaReport
 from dtxn.runtime import otel
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.coordinator import COORDINATOR_ACTOR, CoordinatorHost, TxnOutcome
-from dtxn.runtime.hosting import LOG_ENCODER, LogEntry, MachineHost
+from dtxn.runtime.hosting import FINISHED_REMEMBERED, LOG_ENCODER, LogEntry, MachineHost
 from dtxn.runtime.hosts_actor import HostActor
 from dtxn.runtime.observe import TraceEvent, TraceStream, describe
 from dtxn.runtime.participant import ParticipantHost
@@ -113,6 +113,7 @@ class Runtime:
         resource_concurrency: int = 64,
         telemetry: bool | None = None,
         tracer_provider: TracerProvider | None = None,
+        sagas_remembered: int = FINISHED_REMEMBERED,
     ) -> None:
         if not isinstance(node, str) or not node or "@" in node:
             raise ConfigError(f"node name must be a non-empty str without '@', got {node!r}")
@@ -151,6 +152,14 @@ class Runtime:
             WorkerPool("saga steps", workers=resource_concurrency),
             self.clock.rng("saga-jitter").random,
         )
+        if (
+            isinstance(sagas_remembered, bool)
+            or not isinstance(sagas_remembered, int)
+            or sagas_remembered < 0
+        ):
+            raise ConfigError(f"sagas_remembered must be an int >= 0, got {sagas_remembered!r}")
+        # Ended sagas whose outcome (and WAL tombstone) are kept; see docs/sagas.md.
+        self.sagas.ended_max = sagas_remembered
         self.participants: dict[str, ParticipantHost] = {}
         self._refs: dict[str, ActorRef[Any]] = {}
         self._addresses: dict[str, Address] = {}
@@ -657,13 +666,17 @@ class Runtime:
 
     def log_force(
         self, txid: str, kind: str, data: bytes, done: Callable[[WalError | None], None]
-    ) -> None:
+    ) -> int:
         # After a crash nothing more reaches the disk. `done` goes to the WAL
         # as it is (no wrapper per force): it checks `halted` itself and hands
         # an error to `force_failed`, so nothing after the force runs once halted.
         if self.halted:
-            return
-        self.wal.force_nowait(txid, kind, data, done)
+            return 0
+        return self.wal.force_nowait(txid, kind, data, done)
+
+    def log_discard(self, txid: str, before: int | None) -> None:
+        if not self.halted:
+            self.wal.discard((txid,), before=before)
 
     def force_failed(self, error: WalError | None) -> None:
         if self.halted or error is None:

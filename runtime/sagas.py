@@ -98,6 +98,9 @@ class SagaHost(MachineHost):
         self.steps: dict[str, StepFn] = {}
         self.waiting: dict[str, asyncio.Future[SagaOutcome]] = {}
         self.ended: OrderedDict[str, SagaOutcome] = OrderedDict()
+        # How many ended sagas are remembered (and keep a tombstone record in
+        # the WAL): status queries answer for them and their ids stay used.
+        self.ended_max = FINISHED_REMEMBERED
         # Bound once: the pool calls it for every step (no closure per call).
         self._invoke_bound = self._invoke
 
@@ -186,15 +189,22 @@ class SagaHost(MachineHost):
                 self.services.counters.aborted += 1
             outcome = SagaOutcome(txid, effect.state, effect.reason, effect.results)
             self._answer(txid, outcome)
-            self.ended[txid] = outcome
-            if len(self.ended) > FINISHED_REMEMBERED:
-                self.ended.popitem(last=False)
+            self.remember_ended(outcome)
             txn = self.txns.pop(txid, None)
             if txn is not None:
                 for timer in txn.timers.values():
                     timer.cancel()
             return True
         return False
+
+    def remember_ended(self, outcome: SagaOutcome) -> None:
+        """Remember how a saga ended; the oldest beyond `ended_max` are forgotten, log and all."""
+        ended = self.ended
+        ended[outcome.saga_id] = outcome
+        while len(ended) > self.ended_max:
+            forgotten, _ = ended.popitem(last=False)
+            # Its tombstone (the saga-finished record `Compact` kept) goes too.
+            self.services.log_discard(forgotten, None)
 
     def _answer(self, saga_id: str, outcome: SagaOutcome) -> None:
         reply = self.waiting.pop(saga_id, None)

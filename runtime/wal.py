@@ -176,8 +176,12 @@ class WalStore(Protocol):
         """Add a record; call `done(None)` once durable, or `done(error)`."""
         ...
 
-    def discard(self, txids: Iterable[str]) -> None:
-        """Delete, in the next commit, the records these ended transactions wrote so far."""
+    def discard(self, txids: Iterable[str], *, before: int | None = None) -> None:
+        """Delete, in the next commit, the records these ended transactions wrote so far.
+
+        With `before`, only their records with a lower LSN (those written
+        before the record at `before`, which is kept).
+        """
         ...
 
     async def read_all(self) -> list[WalEntry]:
@@ -580,15 +584,20 @@ class GroupCommitWal:
             self._wake()
         return lsn
 
-    def discard(self, txids: Iterable[str]) -> None:
+    def discard(self, txids: Iterable[str], *, before: int | None = None) -> None:
         """Delete, in the next commit, the records these transactions wrote so far.
 
-        Records appended after this call (a reused txid) are kept.
+        Records appended after this call (a reused txid) are kept; with
+        `before`, so are those from LSN `before` on (a tombstone to keep).
         """
         if isinstance(txids, str):
             raise TypeError("discard() takes an iterable of transaction ids, not one str")
         self._check_writable()
         bound = self._next_lsn
+        if before is not None:
+            if isinstance(before, bool) or not isinstance(before, int) or before < 1:
+                raise TypeError(f"discard(before=...) takes a positive LSN, got {before!r}")
+            bound = min(bound, before)
         for txid in txids:
             if len(self._discards) >= self._pending_records_max:
                 self._wake()

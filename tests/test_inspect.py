@@ -446,7 +446,14 @@ async def test_inspect_shows_sagas_a_runtime_ran(tmp_path: Path) -> None:
             raise StepError("sold out", retriable=False)
         return "ok"
 
-    steps = {"book_hotel": ok, "cancel_hotel": ok, "book_flight": book_flight,
+    cancel_fails = [False]
+
+    async def cancel_hotel(call: StepCall) -> str:
+        if cancel_fails[0]:
+            raise StepError("hotel api down", retriable=False)
+        return "ok"
+
+    steps = {"book_hotel": ok, "cancel_hotel": cancel_hotel, "book_flight": book_flight,
              "cancel_flight": ok}
     wal = tmp_path / "travel.db"
     async with Runtime("travel", wal_path=wal) as rt:
@@ -454,12 +461,21 @@ async def test_inspect_shows_sagas_a_runtime_ran(tmp_path: Path) -> None:
         completed = await rt.run_saga("trip", {"who": "ada"})
         flight_fails[0] = True
         compensated = await rt.run_saga("trip", {"who": "bob"})
+        cancel_fails[0] = True
+        stuck = await rt.run_saga("trip", {"who": "cy"})
+        assert stuck.state is SagaState.STUCK
         rows = by_txid(inspect_json(wal))  # while the runtime still runs
     assert rows[completed.saga_id]["role"] == rows[compensated.saga_id]["role"] == "saga"
     assert rows[compensated.saga_id]["state"] in ("compensating", "compensated")
     rows = by_txid(inspect_json(wal))
     assert rows[completed.saga_id]["state"] == "completed"
     assert rows[compensated.saga_id]["state"] == "compensated"
+    assert rows[stuck.saga_id]["state"] == "stuck"
+    # A finished saga keeps only the record of how it ended (sagas compact
+    # their history); an unfinished one keeps all of it.
     detail = inspect_json(wal, "--txid", compensated.saga_id)
+    assert [record["kind"] for record in detail["records"]] == ["saga-finished"]
+    detail = inspect_json(wal, "--txid", stuck.saga_id)
     kinds = [record["kind"] for record in detail["records"]]
-    assert kinds[0] == "saga-started" and "compensation-succeeded" in kinds
+    assert kinds[0] == "saga-started" and "compensation-failed" in kinds
+    assert kinds[-1] == "saga-stuck"

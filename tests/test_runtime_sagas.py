@@ -9,10 +9,19 @@ from pathlib import Path
 import anyio
 import pytest
 from dtxn.protocols.errors import ConfigError, TransactionError
+from dtxn.protocols.records import kind_of
 from dtxn.protocols.saga import FOREVER, RetryPolicy, SagaDefinition, SagaStep
-from dtxn.protocols.saga_records import SagaState, StepStarted
+from dtxn.protocols.saga_records import (
+    SagaFinishedRecord,
+    SagaStarted,
+    SagaState,
+    StepStarted,
+    StepSucceededRecord,
+)
 from dtxn.runtime import Runtime
+from dtxn.runtime.hosting import LOG_ENCODER, LogEntry
 from dtxn.runtime.sagas import StepCall, StepError
+from dtxn.runtime.wal_sqlite import SqliteWal, read_wal
 from nodes import Node, eventually
 
 pytestmark = pytest.mark.anyio
@@ -121,8 +130,8 @@ async def test_an_orchestrator_crash_resumes_from_the_log_and_completes_the_saga
         await node.stop()
 
 
-async def _run_until_cancelled(rt: Runtime) -> None:
-    await rt.run_saga("trip", None)
+async def _run_until_cancelled(rt: Runtime, saga_id: str | None = None) -> None:
+    await rt.run_saga("trip", None, saga_id=saga_id)
 
 
 async def test_a_failing_compensation_gets_stuck_and_an_operator_resumes_it(
@@ -157,6 +166,116 @@ async def test_bad_saga_input_gets_clear_errors(tmp_path: Path) -> None:
         with pytest.raises(TransactionError, match="unknown"):
             rt.saga_status("unknown")
         assert done.completed
+
+
+# -- log compaction ------------------------------------------------------------------
+
+
+def saga_records(wal: Path) -> dict[str, list[str]]:
+    """The kinds of the records each saga has in the WAL file, in LSN order."""
+    found: dict[str, list[str]] = {}
+    for entry in read_wal(wal):
+        found.setdefault(entry.txid, []).append(entry.kind)
+    return found
+
+
+async def test_a_finished_saga_leaves_only_the_record_of_how_it_ended(tmp_path: Path) -> None:
+    agency = Agency()
+    wal = tmp_path / "wal.db"
+    async with Runtime("travel", wal_path=wal) as rt:
+        rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+        done = [await rt.run_saga("trip", None, saga_id=f"ok-{i}") for i in range(5)]
+        agency.fail.add("book_flight")
+        undone = [await rt.run_saga("trip", None, saga_id=f"undo-{i}") for i in range(5)]
+        agency.fail.update({"cancel_hotel"})
+        stuck = await rt.run_saga("trip", None, saga_id="stuck")
+    assert {o.state for o in done} == {SagaState.COMPLETED}
+    assert {o.state for o in undone} == {SagaState.COMPENSATED}
+    records = saga_records(wal)
+    for outcome in done + undone:
+        assert records[outcome.saga_id] == ["saga-finished"]
+    # An unfinished (stuck) saga keeps its whole history for the operator.
+    assert records[stuck.saga_id][0] == "saga-started"
+    assert records[stuck.saga_id][-1] == "saga-stuck"
+    rt = Runtime("travel", wal_path=wal)
+    rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+    async with rt:
+        # The tombstone answers status queries and keeps the id used.
+        assert rt.saga_status("ok-0").state is SagaState.COMPLETED
+        assert rt.saga_status("undo-4").state is SagaState.COMPENSATED
+        with pytest.raises(TransactionError, match="ok-3"):
+            await rt.run_saga("trip", None, saga_id="ok-3")
+        assert rt.saga_ids() == ["stuck"]
+
+
+async def test_a_crash_just_after_the_end_is_forced_keeps_the_outcome(tmp_path: Path) -> None:
+    agency = Agency()
+    wal = tmp_path / "wal.db"
+
+    def make() -> Runtime:
+        rt = Runtime("travel", wal_path=wal)
+        rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+        return rt
+
+    async with anyio.create_task_group() as tg:
+        node = Node(tg, make)
+        rt = await node.start()
+
+        crashed = anyio.Event()
+
+        def on_trace(txid: str, actor: str, what: str, detail: object) -> None:
+            if what == "forced" and isinstance(detail, SagaFinishedRecord):
+                assert node.rt is not None
+                node.rt.crash()  # before the caller hears the outcome
+                crashed.set()
+
+        rt.on_trace(on_trace)
+        async with anyio.create_task_group() as client:
+            client.start_soon(_run_until_cancelled, rt, "s")
+            await crashed.wait()
+            client.cancel_scope.cancel()
+        await node.crash()
+        restarted = await node.start()
+        assert restarted.saga_status("s").state is SagaState.COMPLETED
+        assert restarted.saga_ids() == []
+        await node.stop()
+    assert agency.calls == ["book_hotel", "book_car", "book_flight"]  # nothing ran again
+    assert saga_records(wal) == {"s": ["saga-finished"]}
+
+
+async def test_only_sagas_remembered_tombstones_stay_in_the_log(tmp_path: Path) -> None:
+    agency = Agency()
+    wal = tmp_path / "wal.db"
+    async with Runtime("travel", wal_path=wal, sagas_remembered=3) as rt:
+        rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
+        for i in range(8):
+            await rt.run_saga("trip", None, saga_id=f"s-{i}")
+        assert list(rt.sagas.ended) == ["s-5", "s-6", "s-7"]
+        with pytest.raises(TransactionError, match="knows no saga"):
+            rt.saga_status("s-0")
+    assert saga_records(wal) == {f"s-{i}": ["saga-finished"] for i in (5, 6, 7)}
+    with pytest.raises(ConfigError, match="sagas_remembered"):
+        Runtime("travel", sagas_remembered=-1)
+
+
+async def test_a_log_written_before_compaction_is_compacted_at_start(tmp_path: Path) -> None:
+    wal = tmp_path / "wal.db"
+    history = [
+        SagaStarted("old", "trip", 1, None),
+        StepStarted("old", "hotel", 1),
+        StepSucceededRecord("old", "hotel", 1, "H"),
+        SagaFinishedRecord("old", SagaState.COMPLETED),
+    ]
+    async with SqliteWal(wal) as store:
+        for record in history:
+            await store.force("old", kind_of(record), LOG_ENCODER.encode(LogEntry("sagas", record)))
+    assert saga_records(wal) == {"old": ["saga-started", "step-started", "step-succeeded",
+                                         "saga-finished"]}
+    rt = Runtime("travel", wal_path=wal)
+    rt.register_saga(TRIP, Agency().steps())  # type: ignore[arg-type]
+    async with rt:
+        assert rt.saga_status("old").state is SagaState.COMPLETED
+    assert saga_records(wal) == {"old": ["saga-finished"]}
 
 
 @pytest.mark.parametrize("example", ["travel_booking.py", "order_saga.py"])

@@ -37,6 +37,7 @@ from dtxn.protocols.barrier import (
 )
 from dtxn.protocols.effects import (
     CancelTimer,
+    Compact,
     Effect,
     Event,
     ForceLog,
@@ -182,6 +183,7 @@ class Driver:
         self.stuck: list[ReportStuck] = []
         self.ignored: list[Ignored] = []
         self.forces = 0
+        self.compactions = 0
         self.records = 0  # forced and lazy: a crash may come after any of them
         self.crash_after_records = crash_after_records
         self.keep_inflight = keep_inflight  # invocations outlive the crashed orchestrator
@@ -238,6 +240,13 @@ class Driver:
                 self.stuck.append(effect)
             elif isinstance(effect, Ignored):
                 self.ignored.append(effect)
+            elif isinstance(effect, Compact):
+                # Only a finished saga drops its history, keeping the record
+                # that says how it ended (forced just before).
+                before = self.trace[-2] if len(self.trace) > 1 else None
+                assert isinstance(before, ForceLog), f"{effect} not after a forced record"
+                assert isinstance(before.record, SagaFinishedRecord), f"{effect} after {before}"
+                self.compactions += 1
             else:
                 raise AssertionError(f"unexpected effect {effect}")
 
@@ -884,6 +893,7 @@ def test_a_saga_whose_finished_record_was_lost_forces_it_again_on_recovery() -> 
     effects = machine.handle(RecoveryDone())
     assert effects == [
         ForceLog(SagaFinishedRecord("s1", SagaState.COMPLETED)),
+        Compact(),
         SagaFinished("s1", SagaState.COMPLETED, "", driver.finished[0].results),
     ]
 

@@ -199,6 +199,28 @@ async def test_discard_removes_the_records_of_ended_transactions_only(disk: Disk
         assert [e.lsn for e in await store.read_all()] == [2, 4, 5]
 
 
+async def test_discard_before_keeps_the_tombstone_and_later_records(disk: Disk) -> None:
+    async with disk.store() as store:
+        await store.force("t1", "started", b"")  # 1
+        store.append("t1", "step", b"")  # 2
+        end = await store.force("t1", "finished", b"")  # 3
+        await store.force("t2", "started", b"")  # 4
+        store.discard(["t1"], before=end)
+        await store.force("t2", "finished", b"")  # 5
+        assert [(e.lsn, e.kind) for e in await store.read_all()] == [
+            (3, "finished"), (4, "started"), (5, "finished"),
+        ]
+        # A bound past the next LSN deletes no record handed in later.
+        store.discard(["t2"], before=10_000)
+        store.append("t2", "again", b"")  # 6
+    async with disk.store() as store:
+        assert [e.lsn for e in await store.read_all()] == [3, 6]
+        for bad in (0, -1, True, 1.5, "3"):
+            with pytest.raises(TypeError, match="positive LSN"):
+                store.discard(["t1"], before=bad)  # type: ignore[arg-type]
+        assert [e.lsn for e in await store.read_all()] == [3, 6]
+
+
 async def test_discard_refuses_a_single_str(disk: Disk) -> None:
     async with disk.store() as store:
         with pytest.raises(TypeError, match="iterable"):
