@@ -46,7 +46,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from dtxn.actors.errors import AskTimeout
 from dtxn.protocols.errors import CodecError, ConfigError, DtxnError
 from dtxn.protocols.messages import Prepare
-from dtxn.runtime.transport import Address, NodePort, UnknownNode
+from dtxn.runtime.transport import Address, NodePort, RemoteError, UnknownNode
 from nats.aio.client import Client as NATS
 
 log = logging.getLogger("dtxn.nats")
@@ -55,10 +55,6 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64})*")
 
 Handler = Callable[[Any], Awaitable[Any]]
-
-
-class RemoteError(DtxnError):
-    """An ask over NATS reached the other node and failed there (its error, by name)."""
 
 
 class NatsStatistics(msgspec.Struct, frozen=True):
@@ -78,6 +74,8 @@ class _Reply(msgspec.Struct, frozen=True, array_like=True):
     value: msgspec.Raw = msgspec.Raw(b"\xc0")
     error_type: str = ""
     error: str = ""
+    # Whether another attempt may help (an error's own `retriable`, e.g. StepError's).
+    retriable: bool = True
 
 
 class _Service:
@@ -358,7 +356,12 @@ class NatsTransport:
             raise AskTimeout(f"no answer from {to} within {timeout_s} s") from None
         reply = self._reply_decoder.decode(msg.data)
         if not reply.ok:
-            raise RemoteError(f"{to} failed: {reply.error_type}: {reply.error}")
+            raise RemoteError(
+                f"{to} failed: {reply.error_type}: {reply.error}",
+                error_type=reply.error_type,
+                error=reply.error,
+                retriable=reply.retriable,
+            )
         return msgspec.msgpack.decode(reply.value, type=reply_type)
 
     def statistics(self) -> NatsStatistics:
@@ -538,7 +541,13 @@ class NatsTransport:
             log.warning("NATS: could not answer %s: %s", msg.subject, exc)
 
     async def _respond_error(self, msg: Any, exc: Exception) -> None:
-        reply = _Reply(False, error_type=type(exc).__name__, error=str(exc))
+        retriable = getattr(exc, "retriable", True)
+        reply = _Reply(
+            False,
+            error_type=type(exc).__name__,
+            error=str(exc),
+            retriable=retriable if isinstance(retriable, bool) else True,
+        )
         try:
             await msg.respond(self._encoder.encode(reply))
         except nats.errors.Error as send_error:

@@ -50,6 +50,7 @@ from dtxn.runtime.observe import TraceEvent, TraceStream, describe
 from dtxn.runtime.participant import ParticipantHost
 from dtxn.runtime.recovery import rebuild, resume
 from dtxn.runtime.resource import Recoverable, Resource
+from dtxn.runtime.saga_steps import ActorStep, step_function
 from dtxn.runtime.sagas import SAGA_ACTOR, SagaHost, SagaOutcome, StepFn
 from dtxn.runtime.stats import Counters, TxnStatistics
 from dtxn.runtime.transport import Address, InProcessTransport, Transport
@@ -479,13 +480,28 @@ class Runtime:
 
     # -- sagas -------------------------------------------------------------------
 
-    def register_saga(self, definition: SagaDefinition, steps: Mapping[str, StepFn]) -> None:
-        """Make a saga runnable (and recoverable) here: its definition and step callables.
+    def register_saga(
+        self, definition: SagaDefinition, steps: Mapping[str, StepFn | ActorStep | str | Any]
+    ) -> None:
+        """Make a saga runnable (and recoverable) here: its definition and its steps.
 
-        Register every definition before entering the runtime, so that recovery
-        can resume sagas of it that a crash interrupted.
+        `steps` maps each action and compensation name to an async callable
+        or a participant actor (`ActorStep`, "actor@node", an `Address` or an
+        `ActorRef`; see `dtxn.runtime.saga_steps`). Register every definition
+        before entering the runtime, so that recovery can resume sagas of it
+        that a crash interrupted.
         """
-        self.sagas.register(definition, steps)
+        if not isinstance(steps, Mapping):
+            raise ConfigError(f"saga steps must be a mapping of names to steps, got {steps!r}")
+        self.sagas.register(
+            definition,
+            {
+                name: step_function(
+                    name, given, node=self.node, actors=self.system, transport=self.transport
+                )
+                for name, given in steps.items()
+            },
+        )
 
     async def run_saga(
         self,

@@ -23,8 +23,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
+from dtxn.actors import Rejected
 from dtxn.protocols.effects import Effect
-from dtxn.protocols.errors import ConfigError, DtxnError, TransactionError
+from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.messages import Message
 from dtxn.protocols.saga import SagaDefinition, SagaOrchestrator, SagaReport
 from dtxn.protocols.saga_messages import (
@@ -46,8 +47,12 @@ log = logging.getLogger("dtxn.saga")
 SAGA_ACTOR = "sagas"
 
 
-class StepError(DtxnError):
-    """Raised by a step to fail it; `retriable=False` skips the remaining attempts."""
+class StepError(Rejected):
+    """Raised by a step to fail it; `retriable=False` skips the remaining attempts.
+
+    A `Rejected`: raised by a participant actor's `receive`, it goes back to
+    the orchestrator without counting as the actor's failure (no restart).
+    """
 
     def __init__(self, message: str, *, retriable: bool = True) -> None:
         super().__init__(message)

@@ -33,6 +33,22 @@ class UnknownNode(DtxnError):
     """Raised when a message is addressed to a node the transport does not know."""
 
 
+class RemoteError(DtxnError):
+    """An ask reached the other node and failed there: the error's type name and text.
+
+    `retriable` is what the remote error said of itself (`StepError.retriable`;
+    True when it said nothing), so a saga step failed on purpose on another
+    node is not retried in vain.
+    """
+
+    def __init__(self, message: str, *, error_type: str = "", error: str = "",
+                 retriable: bool = True) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.error = error
+        self.retriable = retriable
+
+
 class NodePort(Protocol):
     """What a runtime gives a transport so the transport can deliver to it."""
 

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import msgspec
@@ -18,8 +18,12 @@ from dtxn.actors import Actor, AskTimeout, Rejected
 from dtxn.protocols.effects import Outcome
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Decision, Prepare, Protocol, Timeouts
+from dtxn.protocols.saga import RetryPolicy, SagaDefinition, SagaStep
+from dtxn.protocols.saga_records import SagaState
 from dtxn.runtime import Runtime, UnknownNode
 from dtxn.runtime.nats_transport import NatsTransport, RemoteError, tls_context
+from dtxn.runtime.saga_steps import ActorStep
+from dtxn.runtime.sagas import StepCall, StepError
 from dtxn.runtime.servers import NatsServer, nats_server
 from dtxn.runtime.transport import Address
 from nodes import Ledger, eventually
@@ -150,6 +154,67 @@ async def test_ask_and_serve_over_request_reply() -> None:
         t_a.serve("a", "slow", _never, Any)
         with pytest.raises(AskTimeout):
             await t_b.ask(Address("a", "slow"), "x", timeout_s=0.2)
+
+
+class RemoteDesk(Actor[StepCall]):
+    """A hotel desk on its own node: books, cancels, or refuses for good."""
+
+    calls: ClassVar[list[str]] = []
+
+    async def receive(self, call: StepCall) -> str:
+        RemoteDesk.calls.append(f"{call.op.value}:{call.payload}")
+        if call.payload == "sold-out":
+            raise StepError("no rooms left", retriable=False)
+        return f"room for {call.payload}"
+
+
+STAY = SagaDefinition("stay", (
+    SagaStep("hotel", "book_hotel", "cancel_hotel", retry=RetryPolicy(max_attempts=3)),
+    SagaStep("flight", "book_flight", "cancel_flight", ("hotel",)),
+))
+
+
+async def test_saga_steps_run_on_a_participant_actor_on_another_node() -> None:
+    RemoteDesk.calls = []
+    flights: list[str] = []
+
+    async def book_flight(call: StepCall) -> str:
+        flights.append(str(call.payload))
+        if call.payload == "no-flight":
+            raise StepError("no seats", retriable=False)
+        return "seat"
+
+    async def cancel_flight(call: StepCall) -> None:
+        return None
+
+    async with nats_server() as server, AsyncExitStack() as stack:
+        t_hotels = await stack.enter_async_context(NatsTransport(server.url))
+        hotels = await stack.enter_async_context(Runtime("hotels", transport=t_hotels))
+        await hotels.spawn(RemoteDesk, name="desk")
+        t_travel = await stack.enter_async_context(NatsTransport(server.url))
+        travel = Runtime("travel", transport=t_travel)
+        travel.register_saga(STAY, {
+            "book_hotel": ActorStep("desk@hotels", timeout_s=5),
+            "cancel_hotel": "desk@hotels",
+            "book_flight": book_flight,
+            "cancel_flight": cancel_flight,
+        })
+        await stack.enter_async_context(travel)
+        done = await travel.run_saga("stay", "ada")
+        assert done.state is SagaState.COMPLETED
+        assert done.results["hotel"] == "room for ada"
+        undone = await travel.run_saga("stay", "no-flight")
+        assert undone.state is SagaState.COMPENSATED
+        refused = await travel.run_saga("stay", "sold-out")
+        assert refused.state is SagaState.COMPENSATED
+        assert "no rooms left" in refused.reason
+    assert RemoteDesk.calls == [
+        "action:ada",
+        "action:no-flight",
+        "compensation:no-flight",
+        "action:sold-out",  # retriable=False crossed the wire: one attempt of three
+    ]
+    assert flights == ["ada", "no-flight"]
 
 
 async def _never(_: Any) -> None:

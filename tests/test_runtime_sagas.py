@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 import pytest
+from dtxn.actors import Actor
 from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.records import kind_of
 from dtxn.protocols.saga import FOREVER, RetryPolicy, SagaDefinition, SagaStep
@@ -15,11 +17,13 @@ from dtxn.protocols.saga_records import (
     SagaFinishedRecord,
     SagaStarted,
     SagaState,
+    StepOp,
     StepStarted,
     StepSucceededRecord,
 )
 from dtxn.runtime import Runtime
 from dtxn.runtime.hosting import LOG_ENCODER, LogEntry
+from dtxn.runtime.saga_steps import ActorStep
 from dtxn.runtime.sagas import StepCall, StepError
 from dtxn.runtime.wal_sqlite import SqliteWal, read_wal
 from nodes import Node, eventually
@@ -166,6 +170,68 @@ async def test_bad_saga_input_gets_clear_errors(tmp_path: Path) -> None:
         with pytest.raises(TransactionError, match="unknown"):
             rt.saga_status("unknown")
         assert done.completed
+
+
+# -- participant actors as steps -------------------------------------------------------
+
+
+class HotelDesk(Actor[StepCall]):
+    """A participant actor that books and cancels rooms; scripted to fail."""
+
+    log: ClassVar[list[tuple[str, str]]] = []
+    sold_out: ClassVar[bool] = False
+
+    async def receive(self, call: StepCall) -> str:
+        HotelDesk.log.append((call.op.value, call.saga_id))
+        if call.op is StepOp.ACTION and HotelDesk.sold_out:
+            raise StepError("no rooms", retriable=False)
+        return f"room for {call.payload}"
+
+
+async def test_participant_actors_carry_out_steps_and_compensations(tmp_path: Path) -> None:
+    agency = Agency()
+    HotelDesk.log, HotelDesk.sold_out = [], False
+    steps: dict[str, object] = dict(agency.steps())
+    desk = ActorStep("desk@travel", timeout_s=5)
+    steps.update({"book_hotel": desk, "cancel_hotel": "desk@travel"})
+    rt = Runtime("travel", wal_path=tmp_path / "wal.db")
+    rt.register_saga(TRIP, steps)  # before the actor exists: looked up per call
+    async with rt:
+        await rt.spawn(HotelDesk, name="desk")
+        booked = await rt.run_saga("trip", "ada")
+        assert booked.state is SagaState.COMPLETED
+        assert booked.results["hotel"] == "room for ada"
+        agency.fail.add("book_flight")
+        undone = await rt.run_saga("trip", "bob")
+        assert undone.state is SagaState.COMPENSATED
+        HotelDesk.sold_out = True
+        refused = await rt.run_saga("trip", "cy")
+        assert refused.state is SagaState.COMPENSATED
+        # A StepError is the step's answer, not the actor's failure: no restart.
+        assert rt.statistics().actors.restarts == 0
+    assert HotelDesk.log == [
+        ("action", booked.saga_id),
+        ("action", undone.saga_id),
+        ("compensation", undone.saga_id),  # after the car's, the flight having failed
+        ("action", refused.saga_id),  # not retriable: one attempt, nothing to undo
+    ]
+
+
+async def test_actor_steps_are_checked_when_registered(tmp_path: Path) -> None:
+    agency = Agency()
+    rt = Runtime("travel")
+    for bad, match in [
+        ("desk", "actor@node"),
+        ("desk@a@b", "actor@node"),
+        (42, "async callable"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            rt.register_saga(TRIP, {**agency.steps(), "book_hotel": bad})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="timeout_s"):
+        ActorStep("desk@travel", timeout_s=0)
+    with pytest.raises(ConfigError, match="cannot ask other nodes"):
+        rt.register_saga(TRIP, {**agency.steps(), "book_hotel": "desk@elsewhere"})  # type: ignore[dict-item]
+    assert TRIP.name not in {name for name, _ in rt.sagas.definitions}
 
 
 # -- log compaction ------------------------------------------------------------------
