@@ -111,12 +111,12 @@ class InvokeResource(Effect, frozen=True):
 
 
 class Compact(Effect, frozen=True):
-    """Recovery needs no record of this transaction but the one just forced.
+    """The transaction ended: recovery needs none of its records but the last one.
 
-    Follows a ForceLog (it takes effect once that record is durable): the
-    runtime may delete the transaction's earlier records, keeping the forced
-    one as its tombstone (what the transaction ended as, and that its id
-    was used).
+    Follows the record that says how it ended (forced or lazy): the runtime
+    may delete the transaction's earlier records, keeping that one as its
+    tombstone (the outcome, and that the id was used). The deletion is
+    logged after the record, so it can never outlive it in a crash.
     """
 
 

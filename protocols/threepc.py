@@ -50,6 +50,7 @@ import enum
 from dtxn.protocols.effects import (
     Begin,
     CancelTimer,
+    Compact,
     Decide,
     Effect,
     Event,
@@ -204,7 +205,7 @@ class ThreePCCoordinator:
             for p in self.participants
             if self.votes.get(p) is not Vote.NO
         )
-        effects.append(Forget())
+        effects.extend([Compact(), Forget()])
         return effects
 
     def _precommit(self) -> list[Effect]:
@@ -262,7 +263,7 @@ class ThreePCCoordinator:
             if self.pending:
                 return []
             self.state = Coord3State.ENDED
-            return [CancelTimer(ACKS_TIMER), Log(CoordEnded(self.txid)), Forget()]
+            return [CancelTimer(ACKS_TIMER), Log(CoordEnded(self.txid)), Compact(), Forget()]
         if isinstance(message, Decision):
             if sender not in self.participants:
                 return [Ignored(f"decision from {sender!r}, not a participant", violation=True)]
@@ -299,6 +300,7 @@ class ThreePCCoordinator:
                 *timers,
                 Log(CoordEnded(self.txid)),
                 Decide(Outcome.COMMITTED, reason),
+                Compact(),
                 Forget(),
             ]
         self.state = Coord3State.ABORTED
@@ -306,6 +308,7 @@ class ThreePCCoordinator:
             *timers,
             Log(CoordAborted(self.txid, reason)),
             Decide(Outcome.ABORTED, reason),
+            Compact(),
             Forget(),
         ]
 
@@ -566,7 +569,7 @@ class ThreePCParticipant:
             ]
             if self.broadcast:
                 effects.extend(Send(p, Decision(self.txid, self.me, True)) for p in self._others())
-            effects.extend([Decide(Outcome.COMMITTED, self.reason), Forget()])
+            effects.extend([Decide(Outcome.COMMITTED, self.reason), Compact(), Forget()])
             return effects
         if self.state is Part3State.ABORTING and event.op is ResourceOp.ABORT:
             self.state = Part3State.ABORTED
@@ -579,7 +582,7 @@ class ThreePCParticipant:
                     Send(p, Decision(self.txid, self.me, False))
                     for p in (*self._others(), self.coordinator)
                 )
-            effects.extend([Decide(Outcome.ABORTED, self.reason), Forget()])
+            effects.extend([Decide(Outcome.ABORTED, self.reason), Compact(), Forget()])
             return effects
         raise _illegal("participant", self.txid, self.state, event)
 

@@ -34,6 +34,7 @@ import enum
 from dtxn.protocols.effects import (
     Begin,
     CancelTimer,
+    Compact,
     Decide,
     Effect,
     Event,
@@ -246,7 +247,7 @@ class TwoPCCoordinator:
             if self.pending_acks:
                 return []
             self.state = CoordState.ENDED
-            return [CancelTimer(ACKS_TIMER), Log(CoordEnded(self.txid)), Forget()]
+            return [CancelTimer(ACKS_TIMER), Log(CoordEnded(self.txid)), Compact(), Forget()]
         if isinstance(message, DecisionRequest):
             if self.state is CoordState.COMMITTED:
                 return [Send(message.sender, Decision(self.txid, self.me, True))]
@@ -477,11 +478,17 @@ class TwoPCParticipant:
                 ForceLog(PartCommitted(self.txid)),
                 Send(self.coordinator, Ack(self.txid, self.me)),
                 Decide(Outcome.COMMITTED),
+                Compact(),
                 Forget(),
             ]
         if self.state is PartState.ABORTING and event.op is ResourceOp.ABORT:
             self.state = PartState.ABORTED
-            return [Log(PartAborted(self.txid)), Decide(Outcome.ABORTED, self.reason), Forget()]
+            return [
+                Log(PartAborted(self.txid)),
+                Decide(Outcome.ABORTED, self.reason),
+                Compact(),
+                Forget(),
+            ]
         raise _illegal("participant", self.txid, self.state, event)
 
     def _on_timer(self, name: str) -> list[Effect]:

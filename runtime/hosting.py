@@ -102,7 +102,9 @@ class HostServices(Protocol):
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable: ...
 
-    def log_append(self, txid: str, kind: str, data: bytes) -> None: ...
+    def log_append(self, txid: str, kind: str, data: bytes) -> int:
+        """Append a lazy record; return its LSN (0 when nothing is written: a halted node)."""
+        ...
 
     def log_force(
         self, txid: str, kind: str, data: bytes, done: Callable[[WalError | None], None]
@@ -160,9 +162,9 @@ class _Txn:
     __slots__ = (
         "backlog",
         "blocked",
-        "forced_lsn",
         "forcing",
         "host",
+        "last_lsn",
         "machine",
         "receives",
         "riding",
@@ -187,8 +189,8 @@ class _Txn:
         # "forced" trace events).
         self.forcing: Record | None = None
         self.riding: list[Record] = _NO_RECORDS
-        # The LSN of the last record forced (what `Compact` keeps).
-        self.forced_lsn = 0
+        # The LSN of the last record this incarnation logged (what `Compact` keeps).
+        self.last_lsn = 0
 
     def __call__(self, error: WalError | None = None) -> None:
         """The forced record is durable: carry out the effects parked behind it."""
@@ -224,6 +226,8 @@ class MachineHost:
         self.me = f"{name}@{node}"
         self.txns: dict[str, _Txn] = {}
         self.finished: OrderedDict[str, Outcome] = OrderedDict()
+        # How many ended transactions are remembered (`Runtime(remember_ended=)`).
+        self.finished_max = FINISHED_REMEMBERED
         self.timers = _Timers(services, self._timer_fired)
 
     # -- entry points ------------------------------------------------------------
@@ -279,10 +283,18 @@ class MachineHost:
         return False
 
     def remember(self, txid: str, outcome: Outcome) -> None:
+        """Remember how `txid` ended; beyond `finished_max`, forget the oldest, log and all.
+
+        A forgotten transaction's tombstone (the record `Compact` kept) is
+        deleted too, unless it is still live: a coordinator decides before
+        its acks are in, and its records must stay until it ends.
+        """
         finished = self.finished
         finished[txid] = outcome
-        if len(finished) > FINISHED_REMEMBERED:
-            finished.popitem(last=False)
+        while len(finished) > self.finished_max:
+            forgotten, _ = finished.popitem(last=False)
+            if forgotten not in self.txns:
+                self.services.log_discard(forgotten, None)
 
     def add(self, txid: str, machine: Machine) -> None:
         self.txns[txid] = _Txn(self, txid, machine)
@@ -346,11 +358,13 @@ class MachineHost:
                         if riding is _NO_RECORDS:
                             riding = []
                         riding.append(record)
-                    services.log_append(
+                    lsn = services.log_append(
                         txid,
                         kind_of(record),
                         LOG_ENCODER.encode(LogEntry(self.name, record)),  # type: ignore[arg-type]
                     )
+                    if txn is not None:
+                        txn.last_lsn = lsn
                     continue
                 if txn is None:
                     # An answer about an unknown transaction that must be forced
@@ -366,7 +380,7 @@ class MachineHost:
                 txn.riding = riding
                 if services.tracing:
                     services.trace(txid, self.me, "force", record)
-                txn.forced_lsn = services.log_force(
+                txn.last_lsn = services.log_force(
                     txid,
                     kind_of(record),
                     LOG_ENCODER.encode(LogEntry(self.name, record)),  # type: ignore[arg-type]
@@ -382,9 +396,10 @@ class MachineHost:
                     services.trace(txid, self.me, "decide", decide.outcome.value)
                 self.on_decide(txid, decide.outcome, decide.reason)
             elif kind is Compact:
-                if txn is None or not txn.forced_lsn:
-                    raise TypeError(f"Compact for {txid!r} without a forced record to keep")
-                services.log_discard(txid, txn.forced_lsn)
+                # Nothing logged by this incarnation (a replayed end): recovery
+                # compacts such logs itself, knowing their LSNs.
+                if txn is not None and txn.last_lsn:
+                    services.log_discard(txid, txn.last_lsn)
             elif kind is Forget:
                 if txn is not None:
                     for timer in txn.timers.values():
@@ -397,11 +412,13 @@ class MachineHost:
                 record = lazy.record
                 if services.tracing:
                     services.trace(txid, self.me, "log", record)
-                services.log_append(
+                lsn = services.log_append(
                     txid,
                     kind_of(record),
                     LOG_ENCODER.encode(LogEntry(self.name, record)),  # type: ignore[arg-type]
                 )
+                if txn is not None:
+                    txn.last_lsn = lsn
             elif kind is Ignored:
                 ignored: Ignored = effect  # type: ignore[assignment]
                 counters.ignored += 1

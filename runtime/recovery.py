@@ -15,7 +15,14 @@ import msgspec
 from dtxn.protocols.effects import Outcome, RecordRecovered, RecoveryDone
 from dtxn.protocols.errors import ConfigError, LogCorruptError
 from dtxn.protocols.messages import Protocol
-from dtxn.protocols.records import CoordChose, Record
+from dtxn.protocols.records import (
+    CoordAborted,
+    CoordChose,
+    CoordEnded,
+    PartAborted,
+    PartCommitted,
+    Record,
+)
 from dtxn.protocols.saga_records import SagaFinishedRecord, SagaStarted
 from dtxn.protocols.threepc import ThreePCCoordinator, ThreePCParticipant
 from dtxn.protocols.twopc import TwoPCCoordinator, TwoPCParticipant
@@ -26,6 +33,10 @@ from dtxn.runtime.sagas import SagaHost, SagaOutcome
 from dtxn.runtime.wal import WalEntry
 
 Pending = list[tuple[MachineHost, str]]
+
+# The records that end an atomic-commit transaction at one process (what its
+# machine keeps as a tombstone when it compacts): nothing after them matters.
+_ENDS = (CoordEnded, CoordAborted, PartCommitted, PartAborted)
 
 
 def decode_entries(entries: list[WalEntry], where: str) -> list[tuple[WalEntry, LogEntry]]:
@@ -107,6 +118,10 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
         for record in records:
             host.dispatch(txid, RecordRecovered(record))
         pending.append((host, txid))
+        if len(records) > 1 and isinstance(records[-1], _ENDS):
+            # Ended before its records were compacted (a crash before the
+            # discard's commit, or a log from before compaction): do it now.
+            host.services.log_discard(txid, last_lsn[(actor, txid)])
     return pending
 
 

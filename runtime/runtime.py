@@ -114,7 +114,7 @@ class Runtime:
         resource_concurrency: int = 64,
         telemetry: bool | None = None,
         tracer_provider: TracerProvider | None = None,
-        sagas_remembered: int = FINISHED_REMEMBERED,
+        remember_ended: int = FINISHED_REMEMBERED,
     ) -> None:
         if not isinstance(node, str) or not node or "@" in node:
             raise ConfigError(f"node name must be a non-empty str without '@', got {node!r}")
@@ -154,13 +154,15 @@ class Runtime:
             self.clock.rng("saga-jitter").random,
         )
         if (
-            isinstance(sagas_remembered, bool)
-            or not isinstance(sagas_remembered, int)
-            or sagas_remembered < 0
+            isinstance(remember_ended, bool)
+            or not isinstance(remember_ended, int)
+            or remember_ended < 0
         ):
-            raise ConfigError(f"sagas_remembered must be an int >= 0, got {sagas_remembered!r}")
-        # Ended sagas whose outcome (and WAL tombstone) are kept; see docs/sagas.md.
-        self.sagas.ended_max = sagas_remembered
+            raise ConfigError(f"remember_ended must be an int >= 0, got {remember_ended!r}")
+        # Per host, how many ended transactions and sagas keep their outcome in
+        # memory and one tombstone record in the WAL; see docs/wal.md.
+        self.remember_ended = remember_ended
+        self.sagas.ended_max = self.coordinator.finished_max = remember_ended
         self.participants: dict[str, ParticipantHost] = {}
         self._refs: dict[str, ActorRef[Any]] = {}
         self._addresses: dict[str, Address] = {}
@@ -230,6 +232,7 @@ class Runtime:
                 participant = ParticipantHost(
                     self, name, self.node, resource, pool, self.clock.sleep
                 )
+                participant.finished_max = self.remember_ended
                 hosts[name] = self.participants[name] = participant
             policy = SupervisionPolicy(directive=Directive.ESCALATE)
             for name, host in hosts.items():
@@ -676,9 +679,10 @@ class Runtime:
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable:
         return self.clock.call_later(delay_s, callback)
 
-    def log_append(self, txid: str, kind: str, data: bytes) -> None:
-        if not self.halted:
-            self.wal.append(txid, kind, data)
+    def log_append(self, txid: str, kind: str, data: bytes) -> int:
+        if self.halted:
+            return 0
+        return self.wal.append(txid, kind, data)
 
     def log_force(
         self, txid: str, kind: str, data: bytes, done: Callable[[WalError | None], None]

@@ -162,8 +162,8 @@ class WalStore(Protocol):
         tb: TracebackType | None,
     ) -> bool | None: ...
 
-    def append(self, txid: str, kind: str, data: bytes) -> None:
-        """Add a lazy record to the next commit; does not wait."""
+    def append(self, txid: str, kind: str, data: bytes) -> int:
+        """Add a lazy record to the next commit and return its LSN; does not wait."""
         ...
 
     async def force(self, txid: str, kind: str, data: bytes) -> int:
@@ -510,8 +510,8 @@ class GroupCommitWal:
 
     # -- writing ---------------------------------------------------------------
 
-    def append(self, txid: str, kind: str, data: bytes) -> None:
-        """Add a lazy record to the next commit; does not wait.
+    def append(self, txid: str, kind: str, data: bytes) -> int:
+        """Add a lazy record to the next commit and return its LSN; does not wait.
 
         Raises `WalFull` when the buffer holds `pending_records_max` records.
         """
@@ -523,9 +523,10 @@ class GroupCommitWal:
                 " use force() to wait for room"
             )
         with self._lock:
-            self._add(txid, kind, data)
+            lsn = self._add(txid, kind, data)
         if len(self._rows) >= self._lazy_records_max:
             self._wake()
+        return lsn
 
     async def force(self, txid: str, kind: str, data: bytes) -> int:
         """Add a record; return its LSN once it and every earlier record are durable."""

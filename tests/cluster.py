@@ -50,6 +50,7 @@ from typing import Any
 from dtxn.protocols.effects import (
     Begin,
     CancelTimer,
+    Compact,
     Decide,
     Effect,
     Event,
@@ -147,6 +148,15 @@ class Violation:
     detail: str
 
 
+@dataclass(frozen=True)
+class Compaction:
+    """A `Compact` carried out, as the runtime logs it: a lazy delete, after the
+    tombstone, of the transaction's earlier records. Applied to what a crash
+    keeps (so it never outlives the record it keeps); `records()` skips it."""
+
+    txid: str
+
+
 @dataclass
 class Process:
     pid: str
@@ -158,7 +168,7 @@ class Process:
     finished: dict[str, Outcome] = field(default_factory=dict)
     decided: dict[str, Outcome] = field(default_factory=dict)  # Decide seen, Forget not yet
     timers: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)  # deadline, seq
-    log: list[tuple[Record, bool]] = field(default_factory=list)
+    log: list[tuple[Record | Compaction, bool]] = field(default_factory=list)
     crash_before: Callable[[Effect], bool] | None = None
     crash_after: Callable[[Effect], bool] | None = None
     crash_keep: str = "forced"
@@ -173,7 +183,9 @@ class Process:
         return [
             r
             for r, f in self.log
-            if (txid is None or r.txid == txid) and (forced is None or f is forced)
+            if not isinstance(r, Compaction)
+            and (txid is None or r.txid == txid)
+            and (forced is None or f is forced)
         ]
 
     def has_forced(self, txid: str, kind: type[Record]) -> bool:
@@ -182,6 +194,22 @@ class Process:
 
 class _Crashed(Exception):
     """Unwinds the effects of a step when an armed crash point is reached."""
+
+
+def _compacted(
+    log: list[tuple[Record | Compaction, bool]],
+) -> list[tuple[Record | Compaction, bool]]:
+    """Carry out the compactions a crash kept: each leaves its transaction's last
+    record before it (the tombstone) and drops the earlier ones."""
+    out: list[tuple[Record | Compaction, bool]] = []
+    for entry, forced in log:
+        if not isinstance(entry, Compaction):
+            out.append((entry, forced))
+            continue
+        mine = [i for i, (r, _) in enumerate(out) if r.txid == entry.txid]
+        drop = set(mine[:-1])
+        out = [e for i, e in enumerate(out) if i not in drop]
+    return out
 
 
 def recovered_machine(is_coordinator: bool, txid: str, me: str, records: list[Record]) -> Machine:
@@ -549,7 +577,7 @@ class Cluster:
             kept = [(r, True) for r, _ in proc.log]
         else:
             raise ValueError(f"keep must be 'forced', 'flushed' or 'all', not {keep!r}")
-        proc.log = kept
+        proc.log = _compacted(kept)
         proc.crash_before = proc.crash_after = None
         self.work = [w for w in self.work if w.pid != pid]
         self.trace.append(f"crash {pid} (keeping {keep} records)")
@@ -671,6 +699,9 @@ class Cluster:
                 self.trace.append(f"decide {pid} {outcome.value} ({txid}) {reason}")
             case InvokeResource(op=op, payload=payload):
                 self.work.append(Work(pid, txid, op, payload))
+            case Compact():
+                proc.log.append((Compaction(txid), False))
+                self.trace.append(f"compact {pid} ({txid})")
             case Forget():
                 proc.machines.pop(txid, None)
                 for key in [k for k in proc.timers if k[0] == txid]:

@@ -309,10 +309,10 @@ async def test_a_crash_just_after_the_end_is_forced_keeps_the_outcome(tmp_path: 
     assert saga_records(wal) == {"s": ["saga-finished"]}
 
 
-async def test_only_sagas_remembered_tombstones_stay_in_the_log(tmp_path: Path) -> None:
+async def test_only_remember_ended_saga_tombstones_stay_in_the_log(tmp_path: Path) -> None:
     agency = Agency()
     wal = tmp_path / "wal.db"
-    async with Runtime("travel", wal_path=wal, sagas_remembered=3) as rt:
+    async with Runtime("travel", wal_path=wal, remember_ended=3) as rt:
         rt.register_saga(TRIP, agency.steps())  # type: ignore[arg-type]
         for i in range(8):
             await rt.run_saga("trip", None, saga_id=f"s-{i}")
@@ -320,8 +320,8 @@ async def test_only_sagas_remembered_tombstones_stay_in_the_log(tmp_path: Path) 
         with pytest.raises(TransactionError, match="knows no saga"):
             rt.saga_status("s-0")
     assert saga_records(wal) == {f"s-{i}": ["saga-finished"] for i in (5, 6, 7)}
-    with pytest.raises(ConfigError, match="sagas_remembered"):
-        Runtime("travel", sagas_remembered=-1)
+    with pytest.raises(ConfigError, match="remember_ended"):
+        Runtime("travel", remember_ended=-1)
 
 
 async def test_a_log_written_before_compaction_is_compacted_at_start(tmp_path: Path) -> None:
