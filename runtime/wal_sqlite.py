@@ -3,8 +3,8 @@
 The store keeps one aiosqlite connection, whose single thread does all the
 SQLite work. Each group commit is *one* trip to that thread: take the buffer
 (as late as possible, so records handed in while the trip waited for the
-thread ride along), BEGIN, one executemany of the inserts, one executemany of
-the discards, COMMIT. An
+thread ride along), then a multi-row INSERT alone (autocommit), or BEGIN,
+the INSERTs, one DELETE for the discards, COMMIT. An
 aiosqlite call costs about as much as an fsync, so one call per record would
 halve the throughput the batching buys.
 
@@ -69,7 +69,9 @@ _SCHEMA = (
 _INSERT = "INSERT INTO records (lsn, txid, kind, data, checksum) VALUES "
 # Rows per INSERT statement (5 parameters each, well under SQLite's 32766).
 _INSERT_ROWS_MAX = 256
-_DISCARD = "DELETE FROM records WHERE txid = ? AND lsn < ?"
+# One DELETE for many (txid, bound) pairs: each statement is a GIL round trip
+# (see `_commit_sync`), and a busy node discards for every transaction it ends.
+_DISCARD_ROWS_MAX = 256
 _SELECT = "SELECT lsn, txid, kind, data, checksum FROM records ORDER BY lsn"
 _SYNCHRONOUS = {Durability.FULL: "FULL", Durability.NORMAL: "NORMAL"}
 
@@ -189,15 +191,32 @@ def _insert(db: sqlite3.Connection, rows: list[Row]) -> None:
         db.execute(_insert_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
 
+@functools.lru_cache(maxsize=_DISCARD_ROWS_MAX)
+def _discard_sql(count: int) -> str:
+    pairs = ", ".join(["(?, ?)"] * count)
+    return (
+        "DELETE FROM records WHERE lsn IN (SELECT r.lsn FROM (VALUES "
+        + pairs
+        + ") AS d JOIN records AS r ON r.txid = d.column1 AND r.lsn < d.column2)"
+    )
+
+
+def _discard(db: sqlite3.Connection, discards: list[tuple[str, int]]) -> None:
+    for start in range(0, len(discards), _DISCARD_ROWS_MAX):
+        chunk = discards[start : start + _DISCARD_ROWS_MAX]
+        db.execute(_discard_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
+
+
 def _commit_sync(db: sqlite3.Connection, rows: list[Row], discards: list[tuple[str, int]]) -> None:
     """Runs on the connection's thread: one transaction, one COMMIT, one fsync.
 
     Few statements, because the sqlite3 module lets go of the GIL around each
     step and must take it back after; while the event loop is busy, taking it
     back waits up to the interpreter's switch interval (5 ms). So the rows go
-    in multi-row INSERTs rather than an executemany (one step per row), and a
-    batch that fits one INSERT is committed by that statement alone
-    (autocommit: the statement is its own transaction) without BEGIN and COMMIT.
+    in multi-row INSERTs rather than an executemany (one step per row), the
+    discards in one DELETE per 256, and a batch that fits one INSERT is
+    committed by that statement alone (autocommit: the statement is its own
+    transaction) without BEGIN and COMMIT.
     """
     if not discards and 0 < len(rows) <= _INSERT_ROWS_MAX:
         _insert(db, rows)
@@ -207,7 +226,7 @@ def _commit_sync(db: sqlite3.Connection, rows: list[Row], discards: list[tuple[s
         if rows:
             _insert(db, rows)
         if discards:
-            db.executemany(_DISCARD, discards)
+            _discard(db, discards)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
