@@ -231,7 +231,9 @@ class TwoPCCoordinator:
             for p in self.participants
             if self.votes.get(p) not in (Vote.NO, Vote.READ_ONLY)
         )
-        effects.append(Forget())
+        # Presumed abort logs nothing; `protocol="auto"` logged its choice,
+        # which stays as the tombstone.
+        effects.extend([Compact(), Forget()])
         return effects
 
     # -- phase two ---------------------------------------------------------------

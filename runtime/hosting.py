@@ -115,8 +115,8 @@ class HostServices(Protocol):
         """
         ...
 
-    def log_discard(self, txid: str, before: int | None) -> None:
-        """Delete the transaction's records (below LSN `before`, if given) in the next commit."""
+    def log_drop(self, lsns: list[int]) -> None:
+        """Delete the records at these LSNs in the next commit (WalStore.drop)."""
         ...
 
     def force_failed(self, error: WalError | None) -> None:
@@ -132,8 +132,9 @@ class HostServices(Protocol):
 _NO_BACKLOG: list[Effect] = []
 
 
-# As `_NO_BACKLOG`, for the records riding on a force.
+# As `_NO_BACKLOG`, for the records riding on a force and a transaction's LSNs.
 _NO_RECORDS: list[Record] = []
+_NO_LSNS: list[int] = []
 
 
 def _forced_later(effects: list[Effect], start: int) -> bool:
@@ -164,7 +165,7 @@ class _Txn:
         "blocked",
         "forcing",
         "host",
-        "last_lsn",
+        "lsns",
         "machine",
         "receives",
         "riding",
@@ -189,8 +190,16 @@ class _Txn:
         # "forced" trace events).
         self.forcing: Record | None = None
         self.riding: list[Record] = _NO_RECORDS
-        # The LSN of the last record this incarnation logged (what `Compact` keeps).
-        self.last_lsn = 0
+        # The LSNs of the records this host wrote for the transaction (recovered
+        # ones included): `Compact` drops all but the last. Never by txid: the
+        # node's other hosts write under the same txid in the same log.
+        self.lsns: list[int] = _NO_LSNS
+
+    def note_lsn(self, lsn: int) -> None:
+        if self.lsns is _NO_LSNS:
+            self.lsns = [lsn]
+        else:
+            self.lsns.append(lsn)
 
     def __call__(self, error: WalError | None = None) -> None:
         """The forced record is durable: carry out the effects parked behind it."""
@@ -226,6 +235,8 @@ class MachineHost:
         self.me = f"{name}@{node}"
         self.txns: dict[str, _Txn] = {}
         self.finished: OrderedDict[str, Outcome] = OrderedDict()
+        # txid -> the LSN of its tombstone, for the ended transactions remembered.
+        self.tombstones: dict[str, int] = {}
         # How many ended transactions are remembered (`Runtime(remember_ended=)`).
         self.finished_max = FINISHED_REMEMBERED
         self.timers = _Timers(services, self._timer_fired)
@@ -286,15 +297,27 @@ class MachineHost:
         """Remember how `txid` ended; beyond `finished_max`, forget the oldest, log and all.
 
         A forgotten transaction's tombstone (the record `Compact` kept) is
-        deleted too, unless it is still live: a coordinator decides before
-        its acks are in, and its records must stay until it ends.
+        deleted too. A transaction still live has none yet (a coordinator
+        decides before its acks are in): its records stay until it ends.
         """
         finished = self.finished
         finished[txid] = outcome
         while len(finished) > self.finished_max:
             forgotten, _ = finished.popitem(last=False)
-            if forgotten not in self.txns:
-                self.services.log_discard(forgotten, None)
+            self.forget_tombstone(forgotten)
+
+    def forget_tombstone(self, txid: str) -> None:
+        lsn = self.tombstones.pop(txid, None)
+        if lsn is not None:
+            self.services.log_drop([lsn])
+
+    def compact(self, txid: str, lsns: list[int]) -> None:
+        """Keep the last of `lsns` as the transaction's tombstone; drop the others."""
+        if not lsns:
+            return
+        if len(lsns) > 1:
+            self.services.log_drop(lsns[:-1])
+        self.tombstones[txid] = lsns[-1]
 
     def add(self, txid: str, machine: Machine) -> None:
         self.txns[txid] = _Txn(self, txid, machine)
@@ -363,8 +386,8 @@ class MachineHost:
                         kind_of(record),
                         LOG_ENCODER.encode(LogEntry(self.name, record)),  # type: ignore[arg-type]
                     )
-                    if txn is not None:
-                        txn.last_lsn = lsn
+                    if txn is not None and lsn:
+                        txn.note_lsn(lsn)
                     continue
                 if txn is None:
                     # An answer about an unknown transaction that must be forced
@@ -380,12 +403,14 @@ class MachineHost:
                 txn.riding = riding
                 if services.tracing:
                     services.trace(txid, self.me, "force", record)
-                txn.last_lsn = services.log_force(
+                lsn = services.log_force(
                     txid,
                     kind_of(record),
                     LOG_ENCODER.encode(LogEntry(self.name, record)),  # type: ignore[arg-type]
                     txn,
                 )
+                if lsn:
+                    txn.note_lsn(lsn)
                 return
             elif kind is InvokeResource:
                 self.on_invoke(txid, effect)  # type: ignore[arg-type]
@@ -398,8 +423,9 @@ class MachineHost:
             elif kind is Compact:
                 # Nothing logged by this incarnation (a replayed end): recovery
                 # compacts such logs itself, knowing their LSNs.
-                if txn is not None and txn.last_lsn:
-                    services.log_discard(txid, txn.last_lsn)
+                if txn is not None:
+                    self.compact(txid, txn.lsns)
+                    txn.lsns = _NO_LSNS
             elif kind is Forget:
                 if txn is not None:
                     for timer in txn.timers.values():
@@ -417,8 +443,8 @@ class MachineHost:
                     kind_of(record),
                     LOG_ENCODER.encode(LogEntry(self.name, record)),  # type: ignore[arg-type]
                 )
-                if txn is not None:
-                    txn.last_lsn = lsn
+                if txn is not None and lsn:
+                    txn.note_lsn(lsn)
             elif kind is Ignored:
                 ignored: Ignored = effect  # type: ignore[assignment]
                 counters.ignored += 1
@@ -439,6 +465,8 @@ class MachineHost:
             and self.txns.get(txid) is txn
         ):
             del self.txns[txid]
+            # What it forced (a unilateral abort) is its tombstone now.
+            self.compact(txid, txn.lsns)
 
     def _encode(self, record: Record) -> bytes:
         return LOG_ENCODER.encode(LogEntry(self.name, record))  # type: ignore[arg-type]

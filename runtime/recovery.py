@@ -55,21 +55,25 @@ def decode_entries(entries: list[WalEntry], where: str) -> list[tuple[WalEntry, 
 def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: str) -> Pending:
     """Replay records into fresh machines; return the (host, txid) pairs to resume."""
     groups: dict[tuple[str, str], list[Record]] = {}
-    last_lsn: dict[tuple[str, str], int] = {}
+    # Each (actor, txid)'s LSNs, CoordChose included: compaction drops exactly
+    # these, never by txid (the node's hosts share the log and the txids).
+    lsns: dict[tuple[str, str], list[int]] = {}
     chose: set[tuple[str, str]] = set()
     for entry, log_entry in decode_entries(entries, where):
         key = (log_entry.actor, entry.txid)
+        lsns.setdefault(key, []).append(entry.lsn)
         if isinstance(log_entry.record, CoordChose):
             # Informational (which protocol `auto` picked); no machine replays it.
             chose.add(key)
             continue
         groups.setdefault(key, []).append(log_entry.record)
-        last_lsn[key] = entry.lsn
     pending: Pending = []
     for actor, txid in sorted(chose - groups.keys()):
-        # Chose a protocol, then crashed before any decision record: presumed abort.
+        # Chose a protocol, then crashed before any decision record: presumed
+        # abort. The choice is kept as the tombstone.
         host = hosts.get(actor)
         if host is not None:
+            host.compact(txid, lsns[(actor, txid)])
             host.remember(txid, Outcome.ABORTED)
     for (actor, txid), records in groups.items():
         host = hosts.get(actor)
@@ -90,9 +94,8 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
             if isinstance(last, SagaFinishedRecord):
                 # Ended: only its tombstone is needed (a log written before
                 # sagas compacted themselves is compacted now).
+                host.compact(txid, lsns[(actor, txid)])
                 host.remember_ended(SagaOutcome(txid, last.state, last.reason))
-                if len(records) > 1:
-                    host.services.log_discard(txid, last_lsn[(actor, txid)])
                 continue
             first = records[0]
             if not isinstance(first, SagaStarted):
@@ -101,6 +104,7 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
                     "not a saga-started record"
                 )
             host.add(txid, host.machine_for(txid, first.definition, first.version))
+            host.txns[txid].lsns = lsns[(actor, txid)]
             for record in records:
                 host.dispatch(txid, RecordRecovered(record))
             pending.append((host, txid))
@@ -115,13 +119,15 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
             assert isinstance(host, ParticipantHost)
             machine = host.new_machine(txid, protocol)
         host.add(txid, machine)
+        if isinstance(records[-1], _ENDS):
+            # Ended (maybe before its records were compacted: a crash before
+            # the drop's commit, or a log from before compaction): compact now.
+            host.compact(txid, lsns[(actor, txid)])
+        else:
+            host.txns[txid].lsns = lsns[(actor, txid)]
         for record in records:
             host.dispatch(txid, RecordRecovered(record))
         pending.append((host, txid))
-        if len(records) > 1 and isinstance(records[-1], _ENDS):
-            # Ended before its records were compacted (a crash before the
-            # discard's commit, or a log from before compaction): do it now.
-            host.services.log_discard(txid, last_lsn[(actor, txid)])
     return pending
 
 

@@ -422,8 +422,9 @@ class Runtime:
                 txid, self.node, proto.value, pids, None if choice is None else choice.rule
             )
             self._retrace()
+        chose_lsn = 0
         if choice is not None:
-            self._record_choice(txid, proto, choice)
+            chose_lsn = self._record_choice(txid, proto, choice)
         reply: asyncio.Future[TxnOutcome] = asyncio.get_running_loop().create_future()
         # The coordinator host is started right here rather than through its
         # actor's mailbox (`StartTxn`): hosts never await, so the loop
@@ -433,11 +434,15 @@ class Runtime:
             self.coordinator.begin(
                 txid, proto, pids, payloads, timeouts or self.timeouts, cooperative, reply
             )
+            if choice is not None:
+                self._owns_choice(txid, chose_lsn)
             return await reply
         try:
             self.coordinator.begin(
                 txid, proto, pids, payloads, timeouts or self.timeouts, cooperative, reply
             )
+            if choice is not None:
+                self._owns_choice(txid, chose_lsn)
             outcome = await reply
         except BaseException as exc:
             telemetry.end(txid, None, "", exc)
@@ -447,11 +452,17 @@ class Runtime:
         self._retrace()
         return outcome
 
-    def _record_choice(self, txid: str, proto: Protocol, choice: Choice) -> None:
+    def _owns_choice(self, txid: str, lsn: int) -> None:
+        """Count the choice record among the coordinator's, so compaction drops it."""
+        txn = self.coordinator.txns.get(txid)
+        if txn is not None and lsn:
+            txn.lsns = [lsn, *txn.lsns]
+
+    def _record_choice(self, txid: str, proto: Protocol, choice: Choice) -> int:
         record = CoordChose(txid, proto, choice.rule, choice.reason)
         # Lazy: losing it in a crash loses only the explanation (the outcome
         # is presumed abort either way until a decision record is forced).
-        self.log_append(
+        lsn = self.log_append(
             txid, "c-chose", LOG_ENCODER.encode(LogEntry(COORDINATOR_ACTOR, record))
         )
         log.info(
@@ -461,6 +472,7 @@ class Runtime:
         )
         if self.tracing:
             self.trace(txid, self.pid(COORDINATOR_ACTOR), "chose", record)
+        return lsn
 
     def status(self, txid: str) -> TxnStatus:
         """What this node knows of `txid` (raises `UnknownTransaction` if nothing)."""
@@ -694,9 +706,9 @@ class Runtime:
             return 0
         return self.wal.force_nowait(txid, kind, data, done)
 
-    def log_discard(self, txid: str, before: int | None) -> None:
+    def log_drop(self, lsns: list[int]) -> None:
         if not self.halted:
-            self.wal.discard((txid,), before=before)
+            self.wal.drop(lsns)
 
     def force_failed(self, error: WalError | None) -> None:
         if self.halted or error is None:

@@ -209,7 +209,7 @@ class SagaHost(MachineHost):
         while len(ended) > self.ended_max:
             forgotten, _ = ended.popitem(last=False)
             # Its tombstone (the saga-finished record `Compact` kept) goes too.
-            self.services.log_discard(forgotten, None)
+            self.forget_tombstone(forgotten)
 
     def _answer(self, saga_id: str, outcome: SagaOutcome) -> None:
         reply = self.waiting.pop(saga_id, None)

@@ -148,6 +148,7 @@ class WalStatistics(msgspec.Struct, frozen=True):
     largest_batch: int  # most records in one commit
     mean_batch: float  # records_committed / commits
     bytes_written: int  # record data bytes committed
+    drops: int = 0  # LSNs handed to drop
 
 
 class WalStore(Protocol):
@@ -186,6 +187,10 @@ class WalStore(Protocol):
 
     async def read_all(self) -> list[WalEntry]:
         """Every committed record in LSN order, each checked against its checksum."""
+        ...
+
+    def drop(self, lsns: Iterable[int]) -> None:
+        """Delete, in the next commit, the records at these LSNs (those of one writer)."""
         ...
 
     def lose_buffered(self) -> None:
@@ -320,9 +325,14 @@ class _Batch:
             callback(error)
 
 
+# A deletion waiting for the next commit: (txid, bound) deletes that txid's
+# records below LSN `bound` (`discard`); (None, lsn) the one record at `lsn`
+# (`drop`).
+Discard = tuple[str | None, int]
+
 # What one commit takes from the buffer: its rows, its discards, and the batch
 # of forces waiting for them.
-Taken = tuple[list[Row], list[tuple[str, int]], _Batch]
+Taken = tuple[list[Row], list[Discard], _Batch]
 
 
 class GroupCommitWal:
@@ -371,7 +381,7 @@ class GroupCommitWal:
         self._failure: _Failure | None = None
         self._next_lsn = 1
         self._rows: list[Row] = []
-        self._discards: list[tuple[str, int]] = []
+        self._discards: list[Discard] = []
         # A forced record waits in `_rows` (cleared when the buffer is taken).
         self._force_waiting = False
         # Held only for the few statements that move records into or out of
@@ -393,6 +403,7 @@ class GroupCommitWal:
         self._records_appended = 0
         self._forces = 0
         self._discarded = 0
+        self._dropped = 0
         self._commits = 0
         self._records_committed = 0
         self._largest_batch = 0
@@ -404,7 +415,7 @@ class GroupCommitWal:
         """Open the storage; return the highest LSN it ever committed (0 when new)."""
         raise NotImplementedError
 
-    async def _backend_commit(self, rows: list[Row], discards: list[tuple[str, int]]) -> None:
+    async def _backend_commit(self, rows: list[Row], discards: list[Discard]) -> None:
         """Insert `rows`, then delete each (txid, lsn bound), atomically and durably.
 
         Raise `WalError` (chained to the cause) when the storage fails.
@@ -609,6 +620,27 @@ class GroupCommitWal:
         if len(self._discards) >= self._lazy_records_max:
             self._wake()
 
+    def drop(self, lsns: Iterable[int]) -> None:
+        """Delete, in the next commit, the records at these LSNs.
+
+        Precise where `discard` is not: a node's coordinator, participants and
+        saga host share one log and write under the same txid, so each drops
+        exactly the records it wrote. LSNs not (or no longer) in the log are
+        ignored; one handed in later than this call cannot be named here.
+        """
+        self._check_writable()
+        for lsn in lsns:
+            if isinstance(lsn, bool) or not isinstance(lsn, int) or lsn < 1:
+                raise TypeError(f"drop() takes positive LSNs, got {lsn!r}")
+            if len(self._discards) >= self._pending_records_max:
+                self._wake()
+                raise WalFull(f"WAL {self.where}: {len(self._discards)} discards wait for the disk")
+            with self._lock:
+                self._discards.append((None, lsn))
+            self._dropped += 1
+        if len(self._discards) >= self._lazy_records_max:
+            self._wake()
+
     async def read_all(self) -> list[WalEntry]:
         """Every committed record in LSN order, each checked against its checksum."""
         return await self._backend_read()
@@ -623,6 +655,7 @@ class GroupCommitWal:
             largest_batch=self._largest_batch,
             mean_batch=self._records_committed / self._commits if self._commits else 0.0,
             bytes_written=self._bytes_written,
+            drops=self._dropped,
         )
 
     def lose_buffered(self) -> None:

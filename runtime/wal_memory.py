@@ -24,6 +24,7 @@ from dtxn.protocols.errors import ConfigError
 from dtxn.runtime.wal import (
     LAZY_RECORDS_MAX,
     PENDING_RECORDS_MAX,
+    Discard,
     GroupCommitWal,
     Row,
     WalEntry,
@@ -126,7 +127,7 @@ class MemoryWal(GroupCommitWal):
     async def _backend_open(self) -> int:
         return self._high_lsn
 
-    async def _backend_commit(self, rows: list[Row], discards: list[tuple[str, int]]) -> None:
+    async def _backend_commit(self, rows: list[Row], discards: list[Discard]) -> None:
         crashes = self._crashes
         # The fsync: other tasks run meanwhile, and their records join the next commit.
         await _yield_to_loop()
@@ -144,6 +145,17 @@ class MemoryWal(GroupCommitWal):
             self._lsns_by_txid.setdefault(row[1], []).append(row[0])
             self._high_lsn = row[0]
         for txid, bound in discards:
+            if txid is None:  # drop: the one record at LSN `bound`
+                dropped = self._durable.get(bound)
+                if dropped is not None:
+                    del self._durable[bound]
+                    owner = dropped[1]
+                    left = [lsn for lsn in self._lsns_by_txid[owner] if lsn != bound]
+                    if left:
+                        self._lsns_by_txid[owner] = left
+                    else:
+                        del self._lsns_by_txid[owner]
+                continue
             lsns = self._lsns_by_txid.get(txid)
             if not lsns:
                 continue

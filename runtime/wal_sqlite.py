@@ -38,6 +38,7 @@ from dtxn.runtime.wal import (
     LAZY_RECORDS_MAX,
     PENDING_RECORDS_MAX,
     SCHEMA_VERSION,
+    Discard,
     Durability,
     GroupCommitWal,
     Row,
@@ -201,13 +202,23 @@ def _discard_sql(count: int) -> str:
     )
 
 
-def _discard(db: sqlite3.Connection, discards: list[tuple[str, int]]) -> None:
-    for start in range(0, len(discards), _DISCARD_ROWS_MAX):
-        chunk = discards[start : start + _DISCARD_ROWS_MAX]
+@functools.lru_cache(maxsize=_DISCARD_ROWS_MAX)
+def _drop_sql(count: int) -> str:
+    return "DELETE FROM records WHERE lsn IN (" + ", ".join(["?"] * count) + ")"
+
+
+def _discard(db: sqlite3.Connection, discards: list[Discard]) -> None:
+    pairs = [(txid, bound) for txid, bound in discards if txid is not None]
+    lsns = [lsn for txid, lsn in discards if txid is None]
+    for start in range(0, len(pairs), _DISCARD_ROWS_MAX):
+        chunk = pairs[start : start + _DISCARD_ROWS_MAX]
         db.execute(_discard_sql(len(chunk)), list(itertools.chain.from_iterable(chunk)))
+    for start in range(0, len(lsns), _DISCARD_ROWS_MAX):
+        batch = lsns[start : start + _DISCARD_ROWS_MAX]
+        db.execute(_drop_sql(len(batch)), batch)
 
 
-def _commit_sync(db: sqlite3.Connection, rows: list[Row], discards: list[tuple[str, int]]) -> None:
+def _commit_sync(db: sqlite3.Connection, rows: list[Row], discards: list[Discard]) -> None:
     """Runs on the connection's thread: one transaction, one COMMIT, one fsync.
 
     Few statements, because the sqlite3 module lets go of the GIL around each
@@ -337,7 +348,7 @@ class SqliteWal(GroupCommitWal):
                 raise WalError(f"cannot open WAL {self.where}: {exc}") from exc
             raise
 
-    async def _backend_commit(self, rows: list[Row], discards: list[tuple[str, int]]) -> None:
+    async def _backend_commit(self, rows: list[Row], discards: list[Discard]) -> None:
         conn, db = self._connection()
         try:
             await _on_sqlite_thread(conn, partial(_commit_sync, db, rows, discards))

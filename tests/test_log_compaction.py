@@ -181,3 +181,91 @@ async def test_a_log_with_ended_histories_is_compacted_at_start(tmp_path: Path) 
         await banks.nodes["bank-a"].stop()
     assert kinds(tmp_path / "coord.db") == {"t-old": ["c-end"]}
     assert kinds(tmp_path / "bank-a.db") == {"t-old": ["p-commit"], "t-live": ["p-abort"]}
+
+
+# -- one log, many writers: a node's hosts share its WAL and its txids ------------------
+
+
+async def _held(ledger: Ledger) -> anyio.Event:
+    """Make `ledger` commit only once the returned event is set."""
+    gate = anyio.Event()
+    commit = ledger.commit
+
+    async def held_commit(txid: str) -> None:
+        await gate.wait()
+        await commit(txid)
+
+    ledger.commit = held_commit  # type: ignore[method-assign]
+    return gate
+
+
+@pytest.mark.parametrize("protocol", ["2pc", "3pc"])
+async def test_a_participant_compacting_keeps_its_nodes_coordinator_records(
+    tmp_path: Path, protocol: str
+) -> None:
+    """The coordinator runs on bank-a, beside bank-a's ledger. The ledger ends
+    first and compacts; the coordinator still waits for bank-b's ack, and its
+    c-commit must survive a crash of both nodes (found by review: compaction by
+    txid deleted it, and bank-b was then told to abort what bank-a committed)."""
+    transport = InProcessTransport()
+    la, lb = Ledger(), Ledger()
+    async with anyio.create_task_group() as tg:
+        a_node = Node(tg, lambda: Runtime("bank-a", transport=transport,
+                                          wal_path=tmp_path / "a.db", timeouts=FAST,
+                                          resources={"ledger": la}))
+        b_node = Node(tg, lambda: Runtime("bank-b", transport=transport,
+                                          wal_path=tmp_path / "b.db", timeouts=FAST,
+                                          resources={"ledger": lb}))
+        a = await a_node.start()
+        await b_node.start()
+        await _held(lb)
+        done = await a.transact(PAIR, protocol=protocol)
+        assert done.committed
+        await eventually(lambda: done.txid in la.committed)
+        await a.transact({"ledger@bank-a": 0}, protocol=protocol)  # commits the drops
+        await b_node.crash()
+        await a_node.crash()
+        assert "c-commit" in kinds(tmp_path / "a.db")[done.txid]
+        lb.commit = Ledger.commit.__get__(lb)  # type: ignore[method-assign]
+        a = await a_node.start()
+        assert done.txid in a.coordinator.txns  # still waiting for bank-b's ack
+        await b_node.start()
+        await eventually(lambda: done.txid in lb.committed or done.txid in lb.aborted)
+        assert done.txid in lb.committed and done.txid not in lb.aborted
+        await eventually(lambda: a.statistics().txn.active == 0)
+        await a_node.stop()
+        await b_node.stop()
+    assert kinds(tmp_path / "a.db")[done.txid] == ["p-commit", "c-end"]
+
+
+@pytest.mark.parametrize("protocol", ["2pc", "3pc"])
+async def test_two_resources_on_one_node_compact_only_their_own_records(
+    tmp_path: Path, protocol: str
+) -> None:
+    """ledger and ledger2 on bank-b: ledger ends first and compacts while
+    ledger2's commit is still running; after a crash ledger2 must still know
+    it is prepared (found by review: it forgot, acked the re-sent COMMIT
+    without committing, and stayed prepared forever)."""
+    transport = InProcessTransport()
+    l1, l2 = Ledger(), Ledger()
+    async with anyio.create_task_group() as tg:
+        coord_node = Node(tg, lambda: Runtime("coord", transport=transport,
+                                              wal_path=tmp_path / "c.db", timeouts=FAST))
+        b_node = Node(tg, lambda: Runtime("bank-b", transport=transport,
+                                          wal_path=tmp_path / "b.db", timeouts=FAST,
+                                          resources={"ledger": l1, "ledger2": l2}))
+        b = await b_node.start()
+        coord = await coord_node.start()
+        await _held(l2)
+        done = await coord.transact({"ledger@bank-b": -10, "ledger2@bank-b": 10},
+                                    protocol=protocol)
+        await eventually(lambda: done.txid in l1.committed)
+        await b.transact({"ledger@bank-b": 0}, protocol=protocol)  # commits the drops
+        await b_node.crash()
+        l2.commit = Ledger.commit.__get__(l2)  # type: ignore[method-assign]
+        await b_node.start()
+        await eventually(lambda: coord.statistics().txn.active == 0)
+        assert done.txid in l2.committed and done.txid not in l2.prepared
+        await coord_node.stop()
+        await b_node.stop()
+    assert sorted(kinds(tmp_path / "b.db")[done.txid]) == ["p-commit", "p-commit"]

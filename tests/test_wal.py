@@ -221,6 +221,28 @@ async def test_discard_before_keeps_the_tombstone_and_later_records(disk: Disk) 
         assert [e.lsn for e in await store.read_all()] == [3, 6]
 
 
+async def test_drop_deletes_exactly_the_records_named(disk: Disk) -> None:
+    async with disk.store() as store:
+        # Two writers on one node log under the same txid; each drops its own.
+        await store.force("t1", "coordinator", b"")  # 1
+        await store.force("t1", "participant", b"")  # 2
+        store.append("t1", "participant-end", b"")  # 3
+        store.drop([2])
+        await store.force("t2", "other", b"")  # 4
+        assert [(e.lsn, e.kind) for e in await store.read_all()] == [
+            (1, "coordinator"), (3, "participant-end"), (4, "other"),
+        ]
+        store.drop([99, 2])  # gone or never there: ignored
+        store.drop(range(1, 2))
+        assert store.statistics().drops == 4
+    async with disk.store() as store:
+        assert [e.lsn for e in await store.read_all()] == [3, 4]
+        for bad in (0, -3, True, 2.0, "3"):
+            with pytest.raises(TypeError, match="positive LSNs"):
+                store.drop([bad])  # type: ignore[list-item]
+        assert [e.lsn for e in await store.read_all()] == [3, 4]
+
+
 async def test_discard_refuses_a_single_str(disk: Disk) -> None:
     async with disk.store() as store:
         with pytest.raises(TypeError, match="iterable"):
