@@ -35,24 +35,30 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
-from dtxn.protocols.errors import ConfigError, DtxnError
+from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.saga import SagaDefinition
 from dtxn.protocols.saga_definition import RetryPolicy
 from dtxn.protocols.saga_records import StepOp
 from dtxn.runtime.invariants import Violation
 from dtxn.runtime.sagas import StepCall, StepError, StepFn
-from dtxn.runtime.sim_sagas import (
+from dtxn.runtime.sim_harness import (
+    ScheduleFailure,
+    derive_seed,
+    quiet_logs,
+    run_virtually,
+    shrink_greedily,
+    trace_hash,
+)
+from dtxn.runtime.sim_saga_cluster import SagaCluster
+from dtxn.runtime.sim_saga_scenario import (
     SagaFault,
     SagaScenario,
     SagaSimResult,
     SagaSimulationFailure,
     SagaSpec,
-    _derive,
-    _orchestrator,
-    _quiet_logs,
-    _SagaSim,
+    smaller_scenarios,
 )
-from dtxn.runtime.simloop import SimLoop
+from dtxn.runtime.sim_saga_variants import correct_orchestrator
 from hypothesis import currently_in_test_context
 from hypothesis import strategies as st
 
@@ -101,16 +107,12 @@ class UserSagaFailure(SagaSimulationFailure):
     def __init__(self, definition: SagaDefinition, scenario: SagaScenario,
                  violations: list[Violation]) -> None:
         self.definition = definition
-        self.scenario = scenario
-        self.violations = violations
-        text = scenario.text()
-        DtxnError.__init__(self, "\n".join([
-            f"saga {definition.name!r} seed={scenario.seed} broke {len(violations)} "
-            f"invariant(s) (shrunk schedule):",
-            *(f"  {v}" for v in violations[:10]),
-            f"schedule: {text}",
-            f"replay with: check_saga({definition.name.upper()}, make_steps, {text!r})",
-        ]))
+        name = definition.name.upper()
+        # Skips SagaSimulationFailure's own message: this one replays with check_saga.
+        ScheduleFailure.__init__(
+            self, scenario, violations, f"saga {definition.name!r}",
+            lambda text: f"check_saga({name}, make_steps, {text!r})", note=" (shrunk schedule)",
+        )
 
 
 # -- the workload and schedule as data ---------------------------------------------------
@@ -191,7 +193,7 @@ class _UserStep:
         limit = self._policy(call).max_attempts
         if limit is not None and call.attempt >= limit:
             return "ok"  # never exhaust a budget with injected transient failures
-        draw = _derive(sim.scenario.seed, f"flaky:{call.saga_id}:{call.step}:"
+        draw = derive_seed(sim.scenario.seed, f"flaky:{call.saga_id}:{call.step}:"
                                           f"{call.op.value}:{call.attempt}")
         fraction = (draw % 10_000) / 10_000
         if fraction < sim.scenario.flaky / 2:
@@ -231,7 +233,7 @@ class _UserStep:
             _DUPLICATE.reset(token)
 
 
-class _UserSagaSim(_SagaSim):
+class _UserSagaSim(SagaCluster):
     """The saga simulation with your definition and steps instead of the scripted ones."""
 
     def __init__(self, scenario: SagaScenario, definition: SagaDefinition,
@@ -241,7 +243,7 @@ class _UserSagaSim(_SagaSim):
         scenario = msgspec.structs.replace(scenario, sagas=tuple(
             msgspec.structs.replace(spec, deps=deps, pivot=pivot, stuck=-1)
             for spec in scenario.sagas))
-        super().__init__(scenario, _orchestrator, _never_called)
+        super().__init__(scenario, correct_orchestrator, _never_called)
         self.definition = definition
         self.index_of = {step.name: k for k, step in enumerate(definition.steps)}
         effects = SagaEffects()
@@ -271,16 +273,9 @@ def run_saga_scenario(definition: SagaDefinition, make_steps: StepsFactory,
                       final_check: FinalCheck | None = None) -> SagaSimResult:
     """Run `scenario` once with your steps; return the result (violations included)."""
     _check_definition(definition)
-    from dtxn.runtime.sim import trace_hash
-
-    _quiet_logs()
+    quiet_logs()
     sim = _UserSagaSim(scenario, definition, make_steps)
-    loop = SimLoop()
-    try:
-        loop.run_until_complete(sim.main())
-        virtual_s = loop.time()
-    finally:
-        loop.close()
+    virtual_s = run_virtually(sim.main)
     violations = list(sim.checker.violations)
     if final_check is not None and not violations:
         try:
@@ -328,27 +323,11 @@ def _minimize(definition: SagaDefinition, make_steps: StepsFactory, scenario: Sa
               violations: list[Violation], final_check: FinalCheck | None,
               runs_max: int) -> tuple[SagaScenario, list[Violation]]:
     """Greedy shrinking: calm the rates, drop faults and trailing sagas, keep the failure."""
-    codes = {v.code for v in violations}
-    runs, progress = 0, True
-    while progress and runs < runs_max:
-        progress = False
-        candidates: list[SagaScenario] = []
-        for rate in ("flaky", "duplicate"):
-            if getattr(scenario, rate):
-                candidates.append(msgspec.structs.replace(scenario, **{rate: 0.0}))
-        for i in range(len(scenario.faults)):
-            candidates.append(msgspec.structs.replace(
-                scenario, faults=scenario.faults[:i] + scenario.faults[i + 1:]))
-        if len(scenario.sagas) > 1:
-            candidates.append(msgspec.structs.replace(scenario, sagas=scenario.sagas[:-1]))
-        for candidate in candidates:
-            if runs >= runs_max:
-                break
-            runs += 1
-            found = run_saga_scenario(definition, make_steps, candidate,
-                                      final_check=final_check).violations
-            if any(v.code in codes for v in found):
-                scenario, violations, progress = candidate, found, True
-                break
-    return scenario, violations
+
+    def failing(candidate: SagaScenario) -> list[Violation]:
+        return run_saga_scenario(definition, make_steps, candidate,
+                                 final_check=final_check).violations
+
+    return shrink_greedily(scenario, violations, smaller_scenarios, failing,
+                           runs=0, runs_max=runs_max)
 
