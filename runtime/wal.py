@@ -93,6 +93,9 @@ SCHEMA_VERSION = 1
 
 PENDING_RECORDS_MAX = 65536
 LAZY_RECORDS_MAX = 1024
+# Discards a node's SQLite WAL gathers before a commit carries them (see
+# `GroupCommitWal.__init__`); a store built directly carries them at once.
+DISCARD_BATCH = 256
 
 
 class WalError(DtxnError):
@@ -359,10 +362,12 @@ class GroupCommitWal:
         *,
         pending_records_max: int = PENDING_RECORDS_MAX,
         lazy_records_max: int = LAZY_RECORDS_MAX,
+        discard_batch: int = 1,
     ) -> None:
         for name, value in (
             ("pending_records_max", pending_records_max),
             ("lazy_records_max", lazy_records_max),
+            ("discard_batch", discard_batch),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"WAL {where}: {name} must be an int >= 1, got {value!r}")
@@ -371,7 +376,18 @@ class GroupCommitWal:
                 f"WAL {where}: lazy_records_max ({lazy_records_max}) must not exceed"
                 f" pending_records_max ({pending_records_max})"
             )
+        if discard_batch > lazy_records_max:
+            raise ConfigError(
+                f"WAL {where}: discard_batch ({discard_batch}) must not exceed"
+                f" lazy_records_max ({lazy_records_max})"
+            )
         self.where = where
+        # A commit carries the pending discards only once there are this many
+        # (or the store closes). Deletes are never urgent (recovery compacts
+        # what a crash left), and a commit with deletes costs SQLite three
+        # more statements (BEGIN, DELETE, COMMIT) than a lone INSERT, each a
+        # trip back to the GIL for its thread.
+        self._discard_batch = discard_batch
         self._pending_records_max = pending_records_max
         self._lazy_records_max = lazy_records_max
         # The writer task (see "Lifecycle"); None until its first wake-up.
@@ -787,8 +803,13 @@ class GroupCommitWal:
         with self._lock:
             if self._failure is not None:
                 return None
-            taken = (self._rows, self._discards, self._batch)
-            self._rows, self._discards, self._batch = [], [], _Batch()
+            discards = self._discards
+            if len(discards) >= self._discard_batch or self._closing:
+                self._discards = []
+            else:
+                discards = []  # not yet: see `discard_batch`
+            taken = (self._rows, discards, self._batch)
+            self._rows, self._batch = [], _Batch()
             self._force_waiting = False
             self._in_flight = taken[2]
             return taken
@@ -832,4 +853,4 @@ def make_wal(
         raise ConfigError(f"WAL durability {mode.value!r} writes a file: give the WAL a path")
     from dtxn.runtime.wal_sqlite import SqliteWal
 
-    return SqliteWal(path, durability=mode, node=node)
+    return SqliteWal(path, durability=mode, node=node, discard_batch=DISCARD_BATCH)

@@ -294,6 +294,7 @@ class SqliteWal(GroupCommitWal):
         busy_timeout_ms: int = 5000,
         pending_records_max: int = PENDING_RECORDS_MAX,
         lazy_records_max: int = LAZY_RECORDS_MAX,
+        discard_batch: int = 1,
     ) -> None:
         mode = parse_durability(durability)
         if mode is Durability.MEMORY:
@@ -309,6 +310,7 @@ class SqliteWal(GroupCommitWal):
             str(self.path),
             pending_records_max=pending_records_max,
             lazy_records_max=lazy_records_max,
+            discard_batch=discard_batch,
         )
         self.durability = mode
         self.node = node

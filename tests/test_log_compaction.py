@@ -186,6 +186,12 @@ async def test_a_log_with_ended_histories_is_compacted_at_start(tmp_path: Path) 
 # -- one log, many writers: a node's hosts share its WAL and its txids ------------------
 
 
+def eager_wal(path: Path) -> SqliteWal:
+    """A WAL whose every commit carries the pending deletes (a node's own WAL
+    gathers 256 first), so that a test can crash right after them."""
+    return SqliteWal(path, discard_batch=1)
+
+
 async def _held(ledger: Ledger) -> anyio.Event:
     """Make `ledger` commit only once the returned event is set."""
     gate = anyio.Event()
@@ -211,10 +217,10 @@ async def test_a_participant_compacting_keeps_its_nodes_coordinator_records(
     la, lb = Ledger(), Ledger()
     async with anyio.create_task_group() as tg:
         a_node = Node(tg, lambda: Runtime("bank-a", transport=transport,
-                                          wal_path=tmp_path / "a.db", timeouts=FAST,
+                                          wal=eager_wal(tmp_path / "a.db"), timeouts=FAST,
                                           resources={"ledger": la}))
         b_node = Node(tg, lambda: Runtime("bank-b", transport=transport,
-                                          wal_path=tmp_path / "b.db", timeouts=FAST,
+                                          wal=eager_wal(tmp_path / "b.db"), timeouts=FAST,
                                           resources={"ledger": lb}))
         a = await a_node.start()
         await b_node.start()
@@ -250,9 +256,9 @@ async def test_two_resources_on_one_node_compact_only_their_own_records(
     l1, l2 = Ledger(), Ledger()
     async with anyio.create_task_group() as tg:
         coord_node = Node(tg, lambda: Runtime("coord", transport=transport,
-                                              wal_path=tmp_path / "c.db", timeouts=FAST))
+                                              wal=eager_wal(tmp_path / "c.db"), timeouts=FAST))
         b_node = Node(tg, lambda: Runtime("bank-b", transport=transport,
-                                          wal_path=tmp_path / "b.db", timeouts=FAST,
+                                          wal=eager_wal(tmp_path / "b.db"), timeouts=FAST,
                                           resources={"ledger": l1, "ledger2": l2}))
         b = await b_node.start()
         coord = await coord_node.start()

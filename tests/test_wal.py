@@ -243,6 +243,25 @@ async def test_drop_deletes_exactly_the_records_named(disk: Disk) -> None:
         assert [e.lsn for e in await store.read_all()] == [3, 4]
 
 
+async def test_discards_wait_for_a_batch_or_the_close(wal_path: Path) -> None:
+    async with SqliteWal(wal_path, discard_batch=3) as store:
+        for kind in ("a", "b", "c", "d"):
+            await store.force("t1", kind, b"")  # 1-4
+        store.drop([1, 2])
+        await store.force("t2", "e", b"")  # 5: the two drops wait
+        assert [e.lsn for e in await store.read_all()] == [1, 2, 3, 4, 5]
+        store.drop([3])
+        await store.force("t2", "f", b"")  # 6: three now, carried
+        assert [e.lsn for e in await store.read_all()] == [4, 5, 6]
+        store.drop([4])
+    async with SqliteWal(wal_path) as store:  # closing carried the last one
+        assert [e.lsn for e in await store.read_all()] == [5, 6]
+    with pytest.raises(ConfigError, match="discard_batch"):
+        SqliteWal(wal_path, discard_batch=2000)
+    with pytest.raises(ConfigError, match="discard_batch"):
+        SqliteWal(wal_path, discard_batch=0)
+
+
 async def test_discard_refuses_a_single_str(disk: Disk) -> None:
     async with disk.store() as store:
         with pytest.raises(TypeError, match="iterable"):
