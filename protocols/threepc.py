@@ -527,7 +527,8 @@ class ThreePCParticipant:
         if self.state is Part3State.ABORTED and self.vote_pending:
             self.vote_pending = False
             if event.vote is Vote.NO:
-                return [Decide(Outcome.ABORTED, self.reason), Forget()]
+                # Its forced abort (on a request before the vote) is the tombstone.
+                return [Decide(Outcome.ABORTED, self.reason), Compact(), Forget()]
             self.state = Part3State.ABORTING
             return [InvokeResource(ResourceOp.ABORT)]
         raise _illegal("participant", self.txid, self.state, event)

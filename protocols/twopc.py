@@ -414,7 +414,8 @@ class TwoPCParticipant:
             if event.vote is Vote.YES:
                 self.state = PartState.ABORTING
                 return [InvokeResource(ResourceOp.ABORT)]
-            return [Decide(Outcome.ABORTED, self.reason), Forget()]
+            # Its forced abort (on an inquiry before the vote) is the tombstone.
+            return [Decide(Outcome.ABORTED, self.reason), Compact(), Forget()]
         raise _illegal("participant", self.txid, self.state, event)
 
     def _on_decision(self, message: Decision) -> list[Effect]:

@@ -311,13 +311,29 @@ class MachineHost:
         if lsn is not None:
             self.services.log_drop([lsn])
 
-    def compact(self, txid: str, lsns: list[int]) -> None:
-        """Keep the last of `lsns` as the transaction's tombstone; drop the others."""
+    def compact(self, txid: str, lsns: list[int], *, keep: bool | None = None) -> None:
+        """Keep the last of `lsns` as the transaction's tombstone; drop the others.
+
+        The tombstone is kept while the outcome is remembered (`keep` None:
+        `remembers(txid)`). An outcome already pushed out of the window (a
+        coordinator whose acks took long, or a window of 0) is forgotten in
+        the log too: keeping its record would leak it, and disagree with the
+        memory that lets its txid be used again.
+        """
         if not lsns:
+            return
+        if keep is None:
+            keep = self.remembers(txid)
+        if not keep:
+            self.services.log_drop(lsns)
             return
         if len(lsns) > 1:
             self.services.log_drop(lsns[:-1])
         self.tombstones[txid] = lsns[-1]
+
+    def remembers(self, txid: str) -> bool:
+        """Whether the outcome of `txid` is in the remember window (decided, not evicted)."""
+        return txid in self.finished
 
     def add(self, txid: str, machine: Machine) -> None:
         self.txns[txid] = _Txn(self, txid, machine)

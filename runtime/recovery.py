@@ -73,7 +73,7 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
         # abort. The choice is kept as the tombstone.
         host = hosts.get(actor)
         if host is not None:
-            host.compact(txid, lsns[(actor, txid)])
+            host.compact(txid, lsns[(actor, txid)], keep=True)
             host.remember(txid, Outcome.ABORTED)
     for (actor, txid), records in groups.items():
         host = hosts.get(actor)
@@ -94,7 +94,7 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
             if isinstance(last, SagaFinishedRecord):
                 # Ended: only its tombstone is needed (a log written before
                 # sagas compacted themselves is compacted now).
-                host.compact(txid, lsns[(actor, txid)])
+                host.compact(txid, lsns[(actor, txid)], keep=True)
                 host.remember_ended(SagaOutcome(txid, last.state, last.reason))
                 continue
             first = records[0]
@@ -122,7 +122,7 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
         if isinstance(records[-1], _ENDS):
             # Ended (maybe before its records were compacted: a crash before
             # the drop's commit, or a log from before compaction): compact now.
-            host.compact(txid, lsns[(actor, txid)])
+            host.compact(txid, lsns[(actor, txid)], keep=True)
         else:
             host.txns[txid].lsns = lsns[(actor, txid)]
         for record in records:

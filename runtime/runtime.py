@@ -97,6 +97,10 @@ def parse_pid(pid: str) -> Address:
     return Address(node, actor)
 
 
+# Below this many remembered outcomes per host, `Runtime` warns (docs/wal.md).
+REMEMBER_ENDED_SAFE = 10_000
+
+
 class Runtime:
     """A node: actors, a clock, a WAL, resources and a transport, as an async context manager."""
 
@@ -161,6 +165,13 @@ class Runtime:
             raise ConfigError(f"remember_ended must be an int >= 0, got {remember_ended!r}")
         # Per host, how many ended transactions and sagas keep their outcome in
         # memory and one tombstone record in the WAL; see docs/wal.md.
+        if remember_ended < REMEMBER_ENDED_SAFE:
+            # Not an error (tests use tiny windows), but a hazard: see docs/wal.md.
+            log.warning(
+                "node %s: remember_ended=%d is small; an outcome forgotten while a "
+                "message about it is still in flight is answered by presumption",
+                node, remember_ended,
+            )
         self.remember_ended = remember_ended
         self.sagas.ended_max = self.coordinator.finished_max = remember_ended
         self.participants: dict[str, ParticipantHost] = {}

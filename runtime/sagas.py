@@ -202,6 +202,11 @@ class SagaHost(MachineHost):
             return True
         return False
 
+    def remembers(self, saga_id: str) -> bool:
+        # A saga compacts just before `remember_ended` takes its outcome in
+        # (and evicts the oldest, tombstones included): keep it until then.
+        return True
+
     def remember_ended(self, outcome: SagaOutcome) -> None:
         """Remember how a saga ended; the oldest beyond `ended_max` are forgotten, log and all."""
         ended = self.ended
