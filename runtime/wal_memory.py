@@ -1,6 +1,6 @@
 """`MemoryWal`: a `WalStore` with no threads and no files, for tests and the simulator.
 
-It runs the same group commit as `SqliteWal` (see `dtxn.runtime.wal`); a
+It runs the same group commit as `SqliteWal` (see `dtxn.runtime.wal_group_commit`); a
 commit takes one scheduling round instead of an fsync. The object itself plays
 the disk: it outlives `async with` blocks, so a test can close or `crash()` it
 and open it again to recover. `crash()` keeps exactly the committed prefix,
@@ -25,12 +25,12 @@ from dtxn.runtime.wal import (
     LAZY_RECORDS_MAX,
     PENDING_RECORDS_MAX,
     Discard,
-    GroupCommitWal,
     Row,
     WalEntry,
     WalError,
     decode_row,
 )
+from dtxn.runtime.wal_group_commit import GroupCommitWal
 
 __all__ = ["MemoryWal"]
 

@@ -40,15 +40,14 @@ from dtxn.runtime.wal import (
     SCHEMA_VERSION,
     Discard,
     Durability,
-    GroupCommitWal,
     Row,
-    Taken,
     WalEntry,
     WalError,
     WalFormatError,
     decode_row,
     parse_durability,
 )
+from dtxn.runtime.wal_group_commit import GroupCommitWal, Taken
 
 __all__ = ["SqliteWal", "read_wal"]
 
