@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from dtxn.protocols.errors import DtxnError
@@ -36,6 +36,8 @@ __all__ = [
     "play_timeline",
     "quiet_logs",
     "run_virtually",
+    "schedule_items",
+    "schedule_options",
     "shrink_greedily",
     "stream",
     "sweep_schedules",
@@ -45,6 +47,34 @@ __all__ = [
 
 ScenarioT = TypeVar("ScenarioT")
 ItemT = TypeVar("ItemT")
+
+
+def schedule_items(text: str) -> tuple[list[str], Iterator[tuple[str, str, str, str]]]:
+    """Split a printed schedule ("head k=v ... ; kind@time rest ; ...") into its
+    head's words and its items, each as (item, kind, time text, rest).
+
+    The items are read as the caller iterates (so it checks the head first);
+    an item without '@time' raises `ValueError` then. Each kind is the
+    caller's to check.
+    """
+    head, *parts = [part.strip() for part in text.strip().split(";")]
+
+    def items() -> Iterator[tuple[str, str, str, str]]:
+        for item in parts:
+            if not item:
+                continue
+            what, _, rest = item.partition(" ")
+            kind, at, when = what.partition("@")
+            if not at:
+                raise ValueError(f"schedule item {item!r} has no '@time'")
+            yield item, kind, when, rest
+
+    return head.split(), items()
+
+
+def schedule_options(words: list[str]) -> dict[str, str]:
+    """The key=value options that follow a schedule's first word."""
+    return dict(word.split("=", 1) for word in words[1:])
 
 
 def derive_seed(seed: int, stream: str) -> int:

@@ -13,7 +13,13 @@ from __future__ import annotations
 import msgspec
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.invariants import Violation
-from dtxn.runtime.sim_harness import ScheduleFailure, dtxn_replay, without_each
+from dtxn.runtime.sim_harness import (
+    ScheduleFailure,
+    dtxn_replay,
+    schedule_items,
+    schedule_options,
+    without_each,
+)
 from dtxn.runtime.simnet import TraceEntry
 
 __all__ = [
@@ -84,20 +90,13 @@ class SagaScenario(msgspec.Struct, frozen=True):
     @classmethod
     def parse(cls, text: str) -> SagaScenario:
         """Read back what `text()` printed (raises `ValueError` on anything else)."""
-        head, *items = [part.strip() for part in text.strip().split(";")]
-        words = head.split()
+        words, items = schedule_items(text)
         if not words or words[0] != "saga":
             raise ValueError("a saga schedule starts with 'saga'")
-        opts = dict(word.split("=", 1) for word in words[1:])
+        opts = schedule_options(words)
         sagas: list[SagaSpec] = []
         faults: list[SagaFault] = []
-        for item in items:
-            if not item:
-                continue
-            what, _, rest = item.partition(" ")
-            kind, at, when = what.partition("@")
-            if not at:
-                raise ValueError(f"schedule item {item!r} has no '@time'")
+        for item, kind, when, rest in items:
             if kind == "saga":
                 fields = dict(word.split("=", 1) for word in rest.split())
                 deps = tuple(

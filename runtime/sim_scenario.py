@@ -12,7 +12,13 @@ from __future__ import annotations
 import msgspec
 from dtxn.protocols.messages import Protocol, Vote
 from dtxn.runtime.invariants import Violation
-from dtxn.runtime.sim_harness import ScheduleFailure, dtxn_replay, stream
+from dtxn.runtime.sim_harness import (
+    ScheduleFailure,
+    dtxn_replay,
+    schedule_items,
+    schedule_options,
+    stream,
+)
 from dtxn.runtime.simnet import NetworkFaults, TraceEntry
 
 __all__ = [
@@ -100,12 +106,11 @@ class Scenario(msgspec.Struct, frozen=True):
     @classmethod
     def parse(cls, text: str) -> Scenario:
         """Read back what `text()` printed (raises `ValueError` on anything else)."""
-        head, *items = [part.strip() for part in text.strip().split(";")]
-        words = head.split()
+        words, items = schedule_items(text)
         if not words:
             raise ValueError("empty schedule")
         protocol = Protocol(words[0])
-        opts = dict(word.split("=", 1) for word in words[1:])
+        opts = schedule_options(words)
         network = NetworkFaults(
             drop=float(opts.get("drop", 0)),
             duplicate=float(opts.get("dup", 0)),
@@ -114,13 +119,7 @@ class Scenario(msgspec.Struct, frozen=True):
         )
         txns: list[TxnSpec] = []
         faults: list[Fault] = []
-        for item in items:
-            if not item:
-                continue
-            what, _, rest = item.partition(" ")
-            kind, at, when = what.partition("@")
-            if not at:
-                raise ValueError(f"schedule item {item!r} has no '@time'")
+        for item, kind, when, rest in items:
             at_s = float(when)
             rest = rest.strip()
             if kind == "tx":
