@@ -32,10 +32,10 @@ from anyio.abc import Process
 from dtxn.bench.txn import TIMEOUTS, NoOp, _drive, _percentile, _sizes
 from dtxn.protocols.effects import Outcome
 from dtxn.runtime import InProcessTransport, Runtime
+from dtxn.runtime.cli.node import start_process
 from dtxn.runtime.loop import run as run_loop
-from dtxn.runtime.nats_transport import NatsTransport
-from dtxn.runtime.node import start_process
 from dtxn.runtime.servers import nats_server
+from dtxn.runtime.transport.nats import NatsTransport
 
 PARTICIPANTS = ("p1", "p2", "p3")
 CONCURRENCY = (1, 16, 256)

@@ -43,7 +43,7 @@ import asyncpg  # type: ignore[import-untyped]
 from dtxn.bench.txn import TIMEOUTS, _drive, _loop_name, _percentile, _run_async, _settle
 from dtxn.protocols.errors import DtxnError
 from dtxn.runtime import InProcessTransport, Runtime
-from dtxn.runtime.pg_resource import PostgresResource
+from dtxn.runtime.resources.postgres import PostgresResource
 from dtxn.runtime.servers import PostgresServer, postgres_server
 
 LABELS = {

@@ -48,7 +48,7 @@ from dtxn.bench.txn import (
 )
 from dtxn.protocols.saga import SagaDefinition, SagaStep
 from dtxn.runtime import Runtime
-from dtxn.runtime.sagas import StepCall
+from dtxn.runtime.hosting import StepCall
 
 STEPS = (3, 8)
 CONCURRENCY = (1, 16, 256)

@@ -16,7 +16,8 @@ import json
 import statistics
 import time
 
-from dtxn.runtime import sim, sim_sagas
+from dtxn.runtime import sim
+from dtxn.runtime.sim import sagas as sim_sagas
 
 
 def rate(protocol: str, schedules: int, seed: int, txns: int, faults: int) -> dict[str, float]:

@@ -28,8 +28,7 @@ from typing import Any
 
 import aiosqlite
 import anyio
-from dtxn.runtime.wal import record_checksum
-from dtxn.runtime.wal_sqlite import SqliteWal
+from dtxn.runtime.wal import SqliteWal, record_checksum
 
 RECORD = b"r" * 100  # about the size of an encoded PREPARED record
 CONCURRENCY = (1, 16, 256)

@@ -34,7 +34,7 @@ from dtxn.runtime.choreography import (
     SagaEvent,
     Topics,
 )
-from dtxn.runtime.wal_sqlite import _on_sqlite_thread
+from dtxn.runtime.wal import on_sqlite_thread
 from order_saga import LOCKS, ORDER, Shop
 
 NODE = "shop"
@@ -85,7 +85,7 @@ def topics() -> Topics:
 async def report(shop: Shop, conn: aiosqlite.Connection) -> None:
     print("  orders:", await shop.query("SELECT id, status FROM orders ORDER BY id"))
     print("  stock:", await shop.query("SELECT item, available FROM stock"))
-    print("  pending marks left:", await _on_sqlite_thread(conn, lambda: LOCKS.held(conn._conn)))
+    print("  pending marks left:", await on_sqlite_thread(conn, lambda: LOCKS.held(conn._conn)))
 
 
 async def orchestrated(tmp: Path) -> None:

@@ -22,10 +22,10 @@ import aiosqlite
 import anyio
 from dtxn.protocols.saga import FOREVER, SagaDefinition, SagaStep
 from dtxn.runtime import Runtime, run
-from dtxn.runtime.barrier_sqlite import SqliteBarrier
-from dtxn.runtime.sagas import StepCall, StepError
-from dtxn.runtime.semantic_locks import PendingPolicy, SemanticLocks
-from dtxn.runtime.wal_sqlite import _on_sqlite_thread
+from dtxn.runtime.hosting.sagas import StepCall, StepError
+from dtxn.runtime.resources.barrier_sqlite import SqliteBarrier
+from dtxn.runtime.resources.semantic_locks import PendingPolicy, SemanticLocks
+from dtxn.runtime.wal import on_sqlite_thread
 
 ORDER = SagaDefinition(
     "order",
@@ -70,7 +70,7 @@ class Shop:
             LOCKS.setup(db)
             db.commit()
 
-        await _on_sqlite_thread(self.conn, lambda: schema(self.conn._conn))
+        await on_sqlite_thread(self.conn, lambda: schema(self.conn._conn))
 
     def steps(self) -> dict[str, Any]:
         shop = self
@@ -173,7 +173,7 @@ async def main() -> None:
             print("orders:", await shop.query("SELECT id, status FROM orders ORDER BY id"))
             print("stock:", await shop.query("SELECT item, available FROM stock"))
             print("pending marks left:",
-                  await _on_sqlite_thread(conn, lambda: LOCKS.held(conn._conn)))
+                  await on_sqlite_thread(conn, lambda: LOCKS.held(conn._conn)))
         finally:
             await conn.close()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dtxn.protocols.saga import RetryPolicy, SagaDefinition, SagaStep
 from dtxn.runtime import Runtime, run
-from dtxn.runtime.sagas import StepCall, StepError
+from dtxn.runtime.hosting.sagas import StepCall, StepError
 
 TRIP = SagaDefinition(
     "trip",

@@ -49,10 +49,10 @@ from anyio import CancelScope
 from anyio.abc import TaskGroup, TaskStatus
 from dtxn.actors import Actor, Directive, SupervisionPolicy
 from dtxn.protocols.errors import ConfigError, DtxnError, TransactionError
-from dtxn.protocols.saga_definition import RetryPolicy, backoff_ms
-from dtxn.protocols.saga_records import StepOp
-from dtxn.runtime.runtime import Runtime
-from dtxn.runtime.sagas import StepCall, StepError, StepFn
+from dtxn.protocols.saga.definition import RetryPolicy, backoff_ms
+from dtxn.protocols.saga.records import StepOp
+from dtxn.runtime._runtime import Runtime
+from dtxn.runtime.hosting import StepCall, StepError, StepFn
 from dtxn.runtime.transport import Address
 from dtxn.runtime.wal import Durability, WalStore, make_wal, parse_durability
 

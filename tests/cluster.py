@@ -15,7 +15,7 @@ transaction each, wired the way the runtime wires them, with no event loop:
   (optionally keeping the flushed prefix, or all); `restart` replays the
   surviving records of each transaction (`RecordRecovered` per record, then
   `RecoveryDone`) into fresh machines, choosing the machine class the way
-  `dtxn.runtime.recovery` does;
+  `dtxn.runtime.hosting.recovery` does;
 - a message for a transaction with no machine goes to `answer_for_finished`
   if the process decided it and forgot, to a new participant machine if it
   is a Prepare, and otherwise to `answer_for_unknown_coordinator` /
@@ -214,7 +214,7 @@ def _compacted(
 
 def recovered_machine(is_coordinator: bool, txid: str, me: str, records: list[Record]) -> Machine:
     """The machine class the runtime rebuilds a transaction into: the first record
-    that names a protocol decides, else 2PC (mirrors `dtxn.runtime.recovery.rebuild`)."""
+    that names a protocol decides, else 2PC (mirrors `dtxn.runtime.hosting.recovery.rebuild`)."""
     protocol = Protocol.TWO_PC
     for record in records:
         found = getattr(record, "protocol", None)

@@ -13,7 +13,7 @@ from dtxn.protocols.messages import Protocol
 from dtxn.protocols.records import CoordChose
 from dtxn.runtime import Runtime
 from dtxn.runtime.hosting import LOG_DECODER
-from dtxn.runtime.wal_sqlite import read_wal
+from dtxn.runtime.wal import read_wal
 from nodes import Ledger
 
 pytestmark = pytest.mark.anyio

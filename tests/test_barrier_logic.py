@@ -12,7 +12,8 @@ import itertools
 from typing import Any
 
 import pytest
-from dtxn.protocols.barrier import (
+from dtxn.protocols.errors import ProtocolError
+from dtxn.protocols.saga.barrier import (
     BarrierDecision,
     BarrierRow,
     BarrierState,
@@ -21,8 +22,7 @@ from dtxn.protocols.barrier import (
     recorded_result,
     row_to_write,
 )
-from dtxn.protocols.errors import ProtocolError
-from dtxn.protocols.saga_records import StepOp
+from dtxn.protocols.saga.records import StepOp
 from hypothesis import given
 from hypothesis import strategies as st
 

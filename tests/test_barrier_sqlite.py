@@ -7,9 +7,9 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
-from dtxn.protocols.saga_records import StepOp
-from dtxn.runtime.barrier_sqlite import SqliteBarrier
-from dtxn.runtime.sagas import StepCall, StepError
+from dtxn.protocols.saga.records import StepOp
+from dtxn.runtime.hosting.sagas import StepCall, StepError
+from dtxn.runtime.resources.barrier_sqlite import SqliteBarrier
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from dtxn.runtime.choreography import (
     StepStatus,
     Topics,
 )
-from dtxn.runtime.sagas import StepCall, StepError
+from dtxn.runtime.hosting.sagas import StepCall, StepError
 from nodes import eventually
 
 pytestmark = pytest.mark.anyio

@@ -11,13 +11,18 @@ from pathlib import Path
 
 import pytest
 from dtxn.protocols.messages import Decision, Prepare, Protocol
-from dtxn.runtime import demo_sagas
 from dtxn.runtime.cli import main
-from dtxn.runtime.demo import run_demo
-from dtxn.runtime.demo_render import render_mermaid
-from dtxn.runtime.demo_stage import SCENARIOS, Stage, scenario
-from dtxn.runtime.demo_timeline import Timeline, render_terminal
-from dtxn.runtime.sagas import StepCall
+from dtxn.runtime.demo import (
+    SCENARIOS,
+    Stage,
+    Timeline,
+    render_mermaid,
+    render_terminal,
+    run_demo,
+    scenario,
+)
+from dtxn.runtime.demo import sagas as demo_sagas
+from dtxn.runtime.hosting.sagas import StepCall
 
 SLUGS = {key: f"{key}-{s.slug}" for key, s in SCENARIOS.items()}
 

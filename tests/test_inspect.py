@@ -20,7 +20,7 @@ from dtxn.protocols.records import (
     Record,
     kind_of,
 )
-from dtxn.protocols.saga_records import (
+from dtxn.protocols.saga.records import (
     CompensationFailed,
     CompensationStarted,
     CompensationSucceeded,
@@ -34,9 +34,9 @@ from dtxn.protocols.saga_records import (
     StepSucceededRecord,
 )
 from dtxn.runtime import InProcessTransport, Runtime
+from dtxn.runtime.cli.inspect import add_inspect_parser, inspect_wal, render_summary, run_inspect
 from dtxn.runtime.hosting import LOG_ENCODER, LogEntry
-from dtxn.runtime.inspect import add_inspect_parser, inspect_wal, render_summary, run_inspect
-from dtxn.runtime.wal_sqlite import SqliteWal
+from dtxn.runtime.wal import SqliteWal
 from nodes import Ledger, Node, eventually
 
 FAST = Timeouts(votes_s=0.5, acks_s=0.1, decision_s=0.2, retry_max_s=0.4)
@@ -427,7 +427,7 @@ def test_a_missing_file_and_an_unknown_txid_are_clear_errors(tmp_path: Path) -> 
 @pytest.mark.anyio
 async def test_inspect_shows_sagas_a_runtime_ran(tmp_path: Path) -> None:
     from dtxn.protocols.saga import RetryPolicy, SagaDefinition, SagaStep
-    from dtxn.runtime.sagas import StepCall, StepError
+    from dtxn.runtime.hosting.sagas import StepCall, StepError
 
     once = RetryPolicy(max_attempts=1)
     trip = SagaDefinition(

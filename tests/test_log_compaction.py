@@ -20,7 +20,7 @@ from dtxn.protocols.records import (
 )
 from dtxn.runtime import InProcessTransport, Runtime
 from dtxn.runtime.hosting import LOG_ENCODER, LogEntry
-from dtxn.runtime.wal_sqlite import SqliteWal, read_wal
+from dtxn.runtime.wal import SqliteWal, read_wal
 from nodes import Ledger, Node, eventually
 
 pytestmark = pytest.mark.anyio

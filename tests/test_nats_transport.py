@@ -19,13 +19,13 @@ from dtxn.protocols.effects import Outcome
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Decision, Prepare, Protocol, Timeouts
 from dtxn.protocols.saga import RetryPolicy, SagaDefinition, SagaStep
-from dtxn.protocols.saga_records import SagaState
+from dtxn.protocols.saga.records import SagaState
 from dtxn.runtime import Runtime, UnknownNode
-from dtxn.runtime.nats_transport import NatsTransport, RemoteError, tls_context
-from dtxn.runtime.saga_steps import ActorStep
-from dtxn.runtime.sagas import StepCall, StepError
+from dtxn.runtime.hosting.saga_steps import ActorStep
+from dtxn.runtime.hosting.sagas import StepCall, StepError
 from dtxn.runtime.servers import NatsServer, nats_server
 from dtxn.runtime.transport import Address
+from dtxn.runtime.transport.nats import NatsTransport, RemoteError, tls_context
 from nodes import Ledger, eventually
 
 pytestmark = pytest.mark.anyio

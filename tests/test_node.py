@@ -12,10 +12,10 @@ import anyio
 import pytest
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Vote
-from dtxn.runtime.nats_transport import NatsTransport
-from dtxn.runtime.node import start_process, submit
-from dtxn.runtime.node_config import load
+from dtxn.runtime.cli.node import start_process, submit
+from dtxn.runtime.cli.node_config import load
 from dtxn.runtime.servers import nats_server
+from dtxn.runtime.transport.nats import NatsTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -163,9 +163,9 @@ async def test_a_node_process_runs_transactions_for_clients_and_stops_on_sigterm
 
 
 def test_postgres_and_sqlite_resources_are_built_from_the_config(tmp_path: Path) -> None:
-    from dtxn.runtime.node import build_resource
-    from dtxn.runtime.pg_resource import PostgresResource
-    from dtxn.runtime.sqlite_resource import SqliteResource
+    from dtxn.runtime.cli.node import build_resource
+    from dtxn.runtime.resources.postgres import PostgresResource
+    from dtxn.runtime.resources.sqlite import SqliteResource
 
     (tmp_path / "branches.py").write_text(
         "def move(tx, payload):\n    pass\n\nasync def pg_move(conn, payload):\n    pass\n"

@@ -15,7 +15,7 @@ from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Timeouts, Vote
 from dtxn.runtime import InProcessTransport, Runtime
 from dtxn.runtime.clock import Clock
-from dtxn.runtime.pg_resource import PostgresResource
+from dtxn.runtime.resources.postgres import PostgresResource
 from nodes import Node
 from pg_cluster import PgCluster, pg_cluster
 

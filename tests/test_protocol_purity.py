@@ -35,7 +35,7 @@ PROBE = textwrap.dedent(
 
     import dtxn.protocols as package
     imported = [package.__name__]
-    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         importlib.import_module(info.name)
         imported.append(info.name)
 

@@ -13,7 +13,7 @@ from dtxn.actors import Actor
 from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.records import kind_of
 from dtxn.protocols.saga import FOREVER, RetryPolicy, SagaDefinition, SagaStep
-from dtxn.protocols.saga_records import (
+from dtxn.protocols.saga.records import (
     SagaFinishedRecord,
     SagaStarted,
     SagaState,
@@ -23,9 +23,9 @@ from dtxn.protocols.saga_records import (
 )
 from dtxn.runtime import Runtime
 from dtxn.runtime.hosting import LOG_ENCODER, LogEntry
-from dtxn.runtime.saga_steps import ActorStep
-from dtxn.runtime.sagas import StepCall, StepError
-from dtxn.runtime.wal_sqlite import SqliteWal, read_wal
+from dtxn.runtime.hosting.saga_steps import ActorStep
+from dtxn.runtime.hosting.sagas import StepCall, StepError
+from dtxn.runtime.wal import SqliteWal, read_wal
 from nodes import Node, eventually
 
 pytestmark = pytest.mark.anyio

@@ -11,10 +11,9 @@ from dtxn.protocols.effects import Outcome
 from dtxn.protocols.errors import ConfigError, LogCorruptError, TransactionError
 from dtxn.protocols.messages import Decision, Timeouts, Vote
 from dtxn.protocols.records import PartPreCommitted
-from dtxn.runtime import Address, InProcessTransport, Runtime
-from dtxn.runtime.hosting import _Timer, _Timers
-from dtxn.runtime.runtime import UnknownTransaction
-from dtxn.runtime.wal_sqlite import read_wal
+from dtxn.runtime import Address, InProcessTransport, Runtime, UnknownTransaction
+from dtxn.runtime.hosting import Timer, TimerWheel
+from dtxn.runtime.wal import read_wal
 from nodes import Ledger, Node, eventually
 
 pytestmark = pytest.mark.anyio
@@ -363,7 +362,7 @@ class _FakeAlarm:
 
 
 class _FakeLoop:
-    """The `HostServices` a `_Timers` uses: a clock that moves only when told, loop timers."""
+    """The `HostServices` a `TimerWheel` uses: a clock that moves only when told, loop timers."""
 
     def __init__(self) -> None:
         self.now_s = 100.0
@@ -394,10 +393,10 @@ class _FakeLoop:
         self.now_s = to_s
 
 
-def _wheel() -> tuple[_FakeLoop, list[tuple[str, str]], _Timers]:
+def _wheel() -> tuple[_FakeLoop, list[tuple[str, str]], TimerWheel]:
     loop = _FakeLoop()
     fired: list[tuple[str, str]] = []
-    timers = _Timers(loop, lambda timer: fired.append((timer.txid, timer.name)))  # type: ignore[arg-type]
+    timers = TimerWheel(loop, lambda timer: fired.append((timer.txid, timer.name)))  # type: ignore[arg-type]
     return loop, fired, timers
 
 
@@ -516,12 +515,12 @@ def test_closing_host_timers_calls_everything_off() -> None:
 def test_a_timer_armed_while_timers_fire_is_kept_and_fires_later() -> None:
     loop = _FakeLoop()
     fired: list[tuple[str, float]] = []
-    def fire(timer: _Timer) -> None:
+    def fire(timer: Timer) -> None:
         fired.append((timer.txid, loop.now_s))
         if timer.txid == "retry" and len(fired) < 3:
             wheel.arm(2.0, "retry", "acks")  # a retry re-arms, as the protocols do
 
-    wheel = _Timers(loop, fire)  # type: ignore[arg-type]
+    wheel = TimerWheel(loop, fire)  # type: ignore[arg-type]
     wheel.arm(1.0, "retry", "acks")
     loop.advance(110.0)
     assert fired == [("retry", 101.0), ("retry", 103.0), ("retry", 105.0)]

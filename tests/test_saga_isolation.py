@@ -16,12 +16,12 @@ import aiosqlite
 import anyio
 import pytest
 from dtxn.protocols.saga import FOREVER, RetryPolicy, SagaDefinition, SagaStep
-from dtxn.protocols.saga_records import SagaState
+from dtxn.protocols.saga.records import SagaState
 from dtxn.runtime import Runtime
-from dtxn.runtime.barrier_sqlite import SqliteBarrier
-from dtxn.runtime.sagas import StepCall, StepError
-from dtxn.runtime.semantic_locks import SemanticLocks
-from dtxn.runtime.wal_sqlite import _on_sqlite_thread
+from dtxn.runtime.hosting.sagas import StepCall, StepError
+from dtxn.runtime.resources.barrier_sqlite import SqliteBarrier
+from dtxn.runtime.resources.semantic_locks import SemanticLocks
+from dtxn.runtime.wal import on_sqlite_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +52,7 @@ async def test_two_concurrent_sagas_on_the_last_item_never_oversell_or_leave_a_l
         LOCKS.setup(db)
         db.commit()
 
-    await _on_sqlite_thread(conn, schema)
+    await on_sqlite_thread(conn, schema)
     paying = anyio.Event()
     release_payment = anyio.Event()
 
@@ -112,6 +112,6 @@ async def test_two_concurrent_sagas_on_the_last_item_never_oversell_or_leave_a_l
         assert "out of stock" in outcomes["order-2"].reason
         async with conn.execute("SELECT available FROM stock") as cursor:
             assert await cursor.fetchone() == (0,)  # sold exactly once
-        assert await _on_sqlite_thread(conn, lambda: LOCKS.held(conn._conn)) == {}
+        assert await on_sqlite_thread(conn, lambda: LOCKS.held(conn._conn)) == {}
     finally:
         await conn.close()

@@ -28,13 +28,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from dtxn.protocols.barrier import (
-    BarrierDecision,
-    BarrierRow,
-    decide,
-    recorded_result,
-    row_to_write,
-)
 from dtxn.protocols.effects import (
     CancelTimer,
     Compact,
@@ -59,7 +52,14 @@ from dtxn.protocols.saga import (
     StepState,
     backoff_ms,
 )
-from dtxn.protocols.saga_messages import (
+from dtxn.protocols.saga.barrier import (
+    BarrierDecision,
+    BarrierRow,
+    decide,
+    recorded_result,
+    row_to_write,
+)
+from dtxn.protocols.saga.events import (
     ForceRequested,
     InvokeStep,
     ReportStuck,
@@ -70,7 +70,7 @@ from dtxn.protocols.saga_messages import (
     StepSucceeded,
     StepTimedOut,
 )
-from dtxn.protocols.saga_records import (
+from dtxn.protocols.saga.records import (
     SAGA_RECORD_TYPES,
     CompensationFailed,
     CompensationStarted,

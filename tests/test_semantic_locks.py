@@ -9,8 +9,8 @@ import aiosqlite
 import anyio
 import pytest
 from dtxn.runtime.clock import Clock
-from dtxn.runtime.semantic_locks import PendingPolicy, RecordPending, SemanticLocks
-from dtxn.runtime.wal_sqlite import _on_sqlite_thread
+from dtxn.runtime.resources.semantic_locks import PendingPolicy, RecordPending, SemanticLocks
+from dtxn.runtime.wal import on_sqlite_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +32,7 @@ async def _shop(tmp_path: Path) -> aiosqlite.Connection:
         LOCKS.setup(conn._conn)
         conn._conn.commit()
 
-    await _on_sqlite_thread(conn, setup)
+    await on_sqlite_thread(conn, setup)
     return conn
 
 
@@ -48,7 +48,7 @@ async def _in_txn(conn: aiosqlite.Connection, fn: object) -> object:
         db.execute("COMMIT")
         return result
 
-    return await _on_sqlite_thread(conn, run)
+    return await on_sqlite_thread(conn, run)
 
 
 async def test_a_pending_record_is_refused_to_another_saga_and_released_at_its_end(

@@ -10,10 +10,20 @@ import pytest
 from dtxn.protocols.messages import Decision, Protocol, Vote, VoteCast
 from dtxn.protocols.records import CoordCommitted, PartPrepared
 from dtxn.runtime.clock import Clock
-from dtxn.runtime.invariants import Checker
-from dtxn.runtime.sim import Fault, Scenario, SimulationFailure, TxnSpec, random_scenario, run
-from dtxn.runtime.simloop import SimDeadlock, SimLoop
-from dtxn.runtime.simnet import NetworkFaults, SimTransport, describe
+from dtxn.runtime.sim import (
+    Fault,
+    NetworkFaults,
+    Scenario,
+    SimDeadlock,
+    SimLoop,
+    SimTransport,
+    SimulationFailure,
+    TxnSpec,
+    describe,
+    random_scenario,
+    run,
+)
+from dtxn.runtime.sim.invariants import Checker
 from dtxn.runtime.transport import Address
 
 T = TypeVar("T")

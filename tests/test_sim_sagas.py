@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from dtxn.protocols.saga_records import StepOp
+from dtxn.protocols.saga.records import StepOp
 from dtxn.runtime.cli import main
-from dtxn.runtime.invariants import SagaChecker, SagaShape
-from dtxn.runtime.sim_sagas import (
+from dtxn.runtime.sim.invariants import SagaChecker, SagaShape
+from dtxn.runtime.sim.sagas import (
     SagaFault,
     SagaScenario,
     SagaSimulationFailure,
@@ -53,7 +53,7 @@ def test_a_saga_schedule_replays_with_the_same_trace_hash() -> None:
 
 def test_saga_traces_do_not_depend_on_string_hash_randomization() -> None:
     program = (
-        "from dtxn.runtime.sim_sagas import run, random_scenario\n"
+        "from dtxn.runtime.sim.sagas import run, random_scenario\n"
         "print([run(random_scenario(s), raise_on_violation=False).trace_hash "
         "for s in range(6)])\n"
     )

@@ -19,7 +19,7 @@ from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Timeouts, Vote
 from dtxn.protocols.records import CoordCommitted
 from dtxn.runtime import InProcessTransport, Runtime
-from dtxn.runtime.sqlite_resource import (
+from dtxn.runtime.resources.sqlite import (
     RowLocked,
     SqliteBranch,
     SqliteResource,
@@ -258,7 +258,7 @@ async def test_a_participant_crash_after_voting_yes_ends_committed_after_a_resta
 
 KILLED_PREPARE = """
 import asyncio, sys
-from dtxn.runtime.sqlite_resource import SqliteResource
+from dtxn.runtime.resources.sqlite import SqliteResource
 from test_sqlite_resource import many
 
 async def main() -> None:

@@ -16,9 +16,9 @@ import msgspec
 import pytest
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.saga import SagaDefinition
-from dtxn.protocols.saga_definition import RetryPolicy, SagaStep
-from dtxn.protocols.saga_records import StepOp
-from dtxn.runtime.sagas import StepCall, StepFn
+from dtxn.protocols.saga.definition import RetryPolicy, SagaStep
+from dtxn.protocols.saga.records import StepOp
+from dtxn.runtime.hosting.sagas import StepCall, StepFn
 from dtxn.testing import (
     SagaEffects,
     SagaScenario,

@@ -15,15 +15,16 @@ from dtxn.protocols.errors import ConfigError, LogCorruptError
 from dtxn.runtime.wal import (
     Durability,
     GroupCommitWal,
+    MemoryWal,
+    SqliteWal,
     WalError,
     WalFormatError,
     WalFull,
     WalStore,
     make_wal,
+    read_wal,
     record_checksum,
 )
-from dtxn.runtime.wal_memory import MemoryWal
-from dtxn.runtime.wal_sqlite import SqliteWal, read_wal
 
 pytestmark = pytest.mark.anyio
 

@@ -33,12 +33,12 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 from dtxn.actors import AskTimeout
+from dtxn.runtime.cli.node import start_process, submit
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.loop import run
-from dtxn.runtime.nats_transport import NatsTransport, RemoteError
-from dtxn.runtime.node import start_process, submit
 from dtxn.runtime.servers import nats_server, postgres_server
 from dtxn.runtime.transport import UnknownNode
+from dtxn.runtime.transport.nats import NatsTransport, RemoteError
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -14,6 +14,7 @@ compensations (see `dtxn.testing.sagas`).
 
 from dtxn.runtime.sim import (
     Fault,
+    NetworkFaults,
     Scenario,
     ScriptedResource,
     SimResult,
@@ -24,14 +25,13 @@ from dtxn.runtime.sim import (
     minimize,
     run,
 )
-from dtxn.runtime.sim_sagas import (
+from dtxn.runtime.sim.sagas import (
     SagaFault,
     SagaScenario,
     SagaSimResult,
     SagaSimulationFailure,
     SagaSpec,
 )
-from dtxn.runtime.simnet import NetworkFaults
 from dtxn.testing.sagas import (
     SagaEffects,
     StepsFactory,

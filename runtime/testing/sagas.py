@@ -37,11 +37,10 @@ from typing import Any
 import msgspec
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.saga import SagaDefinition
-from dtxn.protocols.saga_definition import RetryPolicy
-from dtxn.protocols.saga_records import StepOp
-from dtxn.runtime.invariants import Violation
-from dtxn.runtime.sagas import StepCall, StepError, StepFn
-from dtxn.runtime.sim_harness import (
+from dtxn.protocols.saga.definition import RetryPolicy
+from dtxn.protocols.saga.records import StepOp
+from dtxn.runtime.hosting import StepCall, StepError, StepFn
+from dtxn.runtime.sim import (
     ScheduleFailure,
     derive_seed,
     quiet_logs,
@@ -49,16 +48,17 @@ from dtxn.runtime.sim_harness import (
     shrink_greedily,
     trace_hash,
 )
-from dtxn.runtime.sim_saga_cluster import SagaCluster
-from dtxn.runtime.sim_saga_scenario import (
+from dtxn.runtime.sim.invariants import Violation
+from dtxn.runtime.sim.sagas import (
+    SagaCluster,
     SagaFault,
     SagaScenario,
     SagaSimResult,
     SagaSimulationFailure,
     SagaSpec,
+    correct_orchestrator,
     smaller_scenarios,
 )
-from dtxn.runtime.sim_saga_variants import correct_orchestrator
 from hypothesis import currently_in_test_context
 from hypothesis import strategies as st
 

@@ -15,8 +15,15 @@ shrinking tests need.
 from __future__ import annotations
 
 from dtxn.protocols.messages import Protocol, Vote
-from dtxn.runtime.sim import COORDINATOR_NODE, NODE_FAULTS, Fault, Scenario, TxnSpec, _fail_stop
-from dtxn.runtime.simnet import NetworkFaults
+from dtxn.runtime.sim import (
+    COORDINATOR_NODE,
+    NODE_FAULTS,
+    Fault,
+    NetworkFaults,
+    Scenario,
+    TxnSpec,
+    fail_stop,
+)
 from hypothesis import strategies as st
 
 __all__ = ["fault_schedules", "network_faults", "scenarios", "transactions", "workloads"]
@@ -115,7 +122,7 @@ def scenarios(
     faults = draw(fault_schedules(participants, partitions=partitions, storage=storage,
                                   max_faults=max_faults))
     if proto is Protocol.THREE_PC and not partitions and not storage:
-        faults = tuple(_fail_stop(list(faults), list(txns)))
+        faults = tuple(fail_stop(list(faults), list(txns)))
     seed = draw(st.integers(0, 2**32 - 1))
     network = draw(network_faults(lossy=partitions))
     return Scenario(proto, participants, seed, txns, faults, network)

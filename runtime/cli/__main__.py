@@ -1,0 +1,3 @@
+from dtxn.runtime.cli import main
+
+raise SystemExit(main())

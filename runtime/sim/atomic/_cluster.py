@@ -1,0 +1,348 @@
+"""A simulated atomic-commit cluster on the running loop: nodes, network, checkers, clients.
+
+`SimCluster` builds a coordinator node "c" and participant nodes "p1".."pN" - real
+`Runtime`s on `MemoryWal`s, joined by a `SimTransport` - and drives them
+through two phases:
+
+- safety: the workload and the faults run; every event feeds the checkers;
+- liveness: the network heals, fault rates drop to zero, crashed nodes
+  restart, and every transaction must finish within `LIVENESS_BOUND_S` of
+  virtual time.
+
+A crash is `rt.crash()` plus `wal.crash()` (the WAL keeps exactly the forced
+prefix); a restart is a fresh `Runtime` on the same `MemoryWal` and the same
+resource objects, so it runs the production recovery path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from dtxn.protocols.errors import DtxnError
+from dtxn.protocols.messages import Timeouts, Vote
+from dtxn.runtime._runtime import Runtime
+from dtxn.runtime.hosting import LOG_DECODER
+from dtxn.runtime.hosting.coordinator import TxnOutcome
+from dtxn.runtime.resource import Resource
+from dtxn.runtime.sim._harness import SimNode, TracedRun, cancelled_by_crash, play_timeline, stream
+from dtxn.runtime.sim._net import NetworkFaults, SimTransport
+from dtxn.runtime.sim.atomic._hooks import (
+    MachineFactory,
+    RecordingResource,
+    ResourceFactory,
+    RuntimeHook,
+    ScriptedResource,
+    SimCoordinatorHost,
+    install_machine_factory,
+)
+from dtxn.runtime.sim.atomic._scenario import COORDINATOR_NODE, Fault, Scenario, TxnSpec
+from dtxn.runtime.sim.invariants import Checker
+from dtxn.runtime.wal import MemoryWal, WalError
+
+__all__ = ["LIVENESS_BOUND_S", "SimCluster", "bind_fault"]
+
+RESOURCE = "r"
+SIM_TIMEOUTS = Timeouts(votes_s=1.0, acks_s=0.3, decision_s=0.5, retry_max_s=2.0)
+LIVENESS_BOUND_S = 120.0
+SETTLE_S = 1.0
+POLL_S = 0.25
+
+
+class _Node(SimNode):
+    """A simulated machine whose resources, like its disk, outlive its runtimes."""
+
+    def __init__(self, name: str, wal: MemoryWal, resources: dict[str, Resource]) -> None:
+        super().__init__(name, wal)
+        self.resources = resources
+        self.fsync_failures = 0
+
+
+class SimCluster(TracedRun):
+    """One simulated cluster on the running loop: nodes, network, checkers, clients."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        resource_factory: ResourceFactory | None,
+        runtime_hook: RuntimeHook | None,
+        machine_factory: MachineFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.scenario = scenario
+        self.runtime_hook = runtime_hook
+        self.machine_factory = machine_factory
+        self.rng = stream(scenario.seed, "net")
+        self.net = SimTransport(self.rng, trace=self.trace)
+        self.net.on_send.append(self._on_send)
+        self.net.on_deliver.append(self._on_deliver)
+        self.txids = [f"t{i}" for i in range(len(scenario.txns))]
+        members = {
+            txid: tuple(f"{RESOURCE}@p{p}" for p in spec.participants)
+            for txid, spec in zip(self.txids, scenario.txns, strict=True)
+        }
+        self.checker = Checker({t: scenario.protocol for t in self.txids}, members)
+        self.members = members
+        factory = resource_factory or (lambda node: ScriptedResource())
+        self.nodes: dict[str, _Node] = {
+            COORDINATOR_NODE: _Node(COORDINATOR_NODE, MemoryWal(node=COORDINATOR_NODE), {})
+        }
+        for i in range(1, scenario.participants + 1):
+            name = f"p{i}"
+            pid = f"{RESOURCE}@{name}"
+            self.nodes[name] = _Node(
+                name, MemoryWal(node=name), {RESOURCE: RecordingResource(factory(name), pid, self)}
+            )
+        self.outcomes: dict[str, str] = {}
+        self.clients: list[asyncio.Task[None]] = []
+
+    # -- hooks ------------------------------------------------------------------
+
+    def _on_send(self, sender: str, to: Any, message: object) -> None:
+        self.checker.now_s = self.now()
+        self.checker.on_send(message)
+
+    def _on_deliver(self, to: Any, message: object) -> None:
+        self.checker.now_s = self.now()
+        self.checker.on_deliver(f"{to.actor}@{to.node}", message)
+
+    def applied(self, pid: str, txid: str, op: str) -> None:
+        self.note("apply", (op, txid, "at", pid))
+        self.checker.now_s = self.now()
+        self.checker.on_applied(pid, txid, op)
+
+    def _tracer(self, txid: str, actor: str, what: str, detail: Any) -> None:
+        if what == "timer":
+            self.note("timer", (actor, txid, detail))
+            return
+        self.note(what, (actor, txid, detail))
+        checker = self.checker
+        checker.now_s = self.now()
+        if what == "forced":
+            checker.on_forced(actor, txid, detail)
+        elif what == "decide":
+            checker.on_decide(actor, txid, str(detail))
+        if what in ("force", "forced"):
+            node = self.nodes.get(actor.rpartition("@")[2])
+            if node is not None and node.crash_at == what:
+                node.crash_at = None
+                self.crash(node, deferred_disk=True)
+
+    # -- nodes ------------------------------------------------------------------
+
+    async def start(self, node: _Node) -> None:
+        if node.up:
+            return
+        if node.task is not None:
+            await asyncio.wait([node.task])
+        for entry in node.wal.entries():
+            actor = LOG_DECODER.decode(entry.data).actor
+            self.checker.on_durable(f"{actor}@{node.name}", entry.txid, entry.kind)
+        clock = node.next_clock(self.scenario.seed)
+        rt = Runtime(
+            node.name,
+            clock=clock,
+            transport=self.net,
+            wal=node.wal,
+            resources=node.resources,
+            timeouts=SIM_TIMEOUTS,
+            resource_concurrency=1,
+        )
+        rt.on_trace(self._tracer)
+        if self.machine_factory is not None:
+            rt.coordinator = SimCoordinatorHost(rt, node.name, self.machine_factory)
+        if self.runtime_hook is not None:
+            self.runtime_hook(rt)
+        node.stop = asyncio.Event()
+        started = asyncio.Event()
+        node.task = asyncio.get_running_loop().create_task(self._host(node, rt, started))
+        await started.wait()
+        self.note("start", f"{node.name} incarnation {node.incarnation}")
+
+    async def _host(self, node: _Node, rt: Runtime, started: asyncio.Event) -> None:
+        try:
+            async with rt:
+                if self.machine_factory is not None:
+                    install_machine_factory(rt, self.machine_factory)
+                node.rt = rt
+                started.set()
+                await node.stop.wait()
+        except Exception as exc:  # noqa: BLE001 - reported as a violation with the schedule
+            leaf = _leaf(exc)
+            if isinstance(leaf, WalError) and node.fsync_failures:
+                # The injected fsync error: the node stopped itself, as it must.
+                node.fsync_failures -= 1
+                self.note("fail-stop", (node.name, str(leaf)))
+            else:
+                self.checker.now_s = self.now()
+                self.checker.on_error(node.name, leaf)
+        finally:
+            node.rt = None
+            started.set()
+
+    def crash(self, node: _Node, *, deferred_disk: bool = False) -> None:
+        if node.crash(deferred_disk=deferred_disk):
+            self.note("crash", node.name)
+
+    # -- clients ----------------------------------------------------------------
+
+    def submit(self, index: int) -> None:
+        self.submit_spec(self.scenario.txns[index], self.txids[index])
+
+    def submit_spec(self, spec: TxnSpec, txid: str) -> None:
+        """Hand one transaction to the coordinator node, if it is up."""
+        members = tuple(f"{RESOURCE}@p{p}" for p in spec.participants)
+        self.members[txid] = members
+        self.checker.members[txid] = members
+        self.checker.protocols[txid] = self.scenario.protocol
+        coord = self.nodes[COORDINATOR_NODE].rt
+        if coord is None:
+            self.outcomes[txid] = "not-submitted"
+            self.note("submit", f"{txid} refused: coordinator down")
+            return
+        participants = dict(zip(members, spec.votes, strict=True))
+        self.note("submit", f"{txid} {self.scenario.protocol.value} {participants}")
+        self.outcomes[txid] = "info"
+        task = asyncio.get_running_loop().create_task(self._client(coord, txid, participants))
+        self.clients.append(task)
+
+    async def _client(self, coord: Runtime, txid: str, participants: dict[str, Vote]) -> None:
+        try:
+            outcome: TxnOutcome = await coord.transact(
+                participants, protocol=self.scenario.protocol, txid=txid
+            )
+        except asyncio.CancelledError:
+            # The coordinator crashed under the caller: the outcome is unknown ("info").
+            if not cancelled_by_crash():
+                raise
+            return
+        except DtxnError as exc:
+            self.note("client", f"{txid} failed: {exc}")
+            return
+        self.outcomes[txid] = outcome.outcome.value
+        self.note("client", f"{txid} {outcome.outcome.value}")
+
+    # -- the run ------------------------------------------------------------------
+
+    async def main(self) -> None:
+        await self.boot()
+        scenario = self.scenario
+        steps: list[tuple[float, Callable[[], Any]]] = []
+        for index, spec in enumerate(scenario.txns):
+            steps.append((spec.at_s, _bind_submit(self, index)))
+        for fault in scenario.faults:
+            steps.append((fault.at_s, bind_fault(self, fault)))
+        await play_timeline(self.now, steps)
+        await asyncio.sleep(SETTLE_S)  # noqa: TID251 - virtual time
+        await self.liveness()
+        await self.shutdown()
+
+    async def boot(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        # Concurrently: the boots share loop iterations (FIFO, so still deterministic).
+        await asyncio.gather(*(self.start(node) for node in self.nodes.values()))
+        self.net.faults = self.scenario.network
+
+    async def liveness(self) -> None:
+        """Heal everything, restart every node, require convergence; then check the end."""
+        self.note("liveness", "heal, zero fault rates, restart crashed nodes")
+        self.net.heal()
+        self.net.faults = NetworkFaults(delay_s=self.scenario.network.delay_s)
+        for node in self.nodes.values():
+            node.wal.resume_commits()
+        down = [node for node in self.nodes.values() if not node.up]
+        if down:
+            await asyncio.gather(*(self.start(node) for node in down))
+        deadline_s = self.now() + LIVENESS_BOUND_S
+        while self.unfinished() and self.now() < deadline_s:
+            await asyncio.sleep(POLL_S)  # noqa: TID251 - virtual time
+            for node in self.nodes.values():
+                # An fsync failure injected earlier may still stop a node now.
+                if not node.up and (node.task is None or node.task.done()):
+                    await self.start(node)
+        unfinished = self.unfinished()
+        committed = [t for t, o in self.outcomes.items() if o == "committed"]
+        self.checker.now_s = self.now()
+        self.checker.finish(committed, unfinished)
+
+    async def shutdown(self) -> None:
+        for node in self.nodes.values():
+            self.crash(node)  # teardown: cheaper than draining, nothing left to check
+        for task in self.clients:
+            task.cancel()
+        pending = [n.task for n in self.nodes.values() if n.task is not None] + self.clients
+        if pending:
+            await asyncio.wait(pending)
+
+    def unfinished(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for node in self.nodes.values():
+            rt = node.rt
+            if rt is None:
+                continue
+            for host in (rt.coordinator, *rt.participants.values()):
+                for txid in host.txns:
+                    found.setdefault(txid, []).append(host.me)
+        return found
+
+
+def _bind_submit(sim: SimCluster, index: int) -> Callable[[], None]:
+    return lambda: sim.submit(index)
+
+
+def bind_fault(sim: SimCluster, fault: Fault) -> Callable[[], Any]:
+    def apply() -> Any:
+        if fault.kind == "crash":
+            for name in fault.nodes:
+                node = sim.nodes.get(name)
+                if node is not None:
+                    sim.crash(node)
+            return None
+        if fault.kind == "restart":
+            return _restart_all(sim, fault.nodes)
+        if fault.kind in ("crashforce", "crashforced"):
+            for name in fault.nodes:
+                node = sim.nodes.get(name)
+                if node is not None and node.up:
+                    sim.note(fault.kind, name)
+                    node.crash_at = "force" if fault.kind == "crashforce" else "forced"
+            return None
+        if fault.kind in ("stall", "resume", "fsyncfail"):
+            for name in fault.nodes:
+                node = sim.nodes.get(name)
+                if node is None or not node.up:
+                    continue
+                sim.note(fault.kind, name)
+                if fault.kind == "stall":
+                    node.wal.stall_commits()
+                elif fault.kind == "resume":
+                    node.wal.resume_commits()
+                else:
+                    node.fsync_failures += 1
+                    node.wal.fail_next_commit()
+            return None
+        if fault.kind == "part":
+            sim.net.partition(*fault.groups)
+            return None
+        if fault.kind == "heal":
+            sim.net.heal()
+            return None
+        raise ValueError(f"unknown fault kind {fault.kind!r}")
+
+    return apply
+
+
+async def _restart_all(sim: SimCluster, names: tuple[str, ...]) -> None:
+    for name in names:
+        node = sim.nodes.get(name)
+        if node is not None:
+            await sim.start(node)
+
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first innermost exception of a nest of exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

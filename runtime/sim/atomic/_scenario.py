@@ -1,0 +1,237 @@
+"""What a simulated atomic-commit run is made of: the replayable `Scenario` and its parts.
+
+A `Scenario` is everything a run depends on: the protocol, the number of
+participant nodes, the seed, the workload (transactions with scripted votes)
+and the fault schedule. It prints as one line of text (`Scenario.text()`) and
+`Scenario.parse` reads it back: that line is what a failure reports and what
+`dtxn replay` takes. `random_scenario` draws one from a seed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from dtxn.protocols.messages import Protocol, Vote
+from dtxn.runtime.sim._harness import (
+    ScheduleFailure,
+    dtxn_replay,
+    schedule_items,
+    schedule_options,
+    stream,
+)
+from dtxn.runtime.sim._net import NetworkFaults, TraceEntry
+from dtxn.runtime.sim.invariants import Violation
+
+__all__ = [
+    "COORDINATOR_NODE",
+    "FAULT_KINDS",
+    "NODE_FAULTS",
+    "Fault",
+    "Scenario",
+    "SimResult",
+    "SimulationFailure",
+    "TxnSpec",
+    "random_scenario",
+]
+
+COORDINATOR_NODE = "c"
+
+VOTE_CODES = {"y": Vote.YES, "n": Vote.NO, "r": Vote.READ_ONLY}
+VOTE_LETTERS = {vote: code for code, vote in VOTE_CODES.items()}
+# Faults aimed at nodes: process crash/restart, and storage faults - a slow
+# fsync (`stall` holds every commit until `resume`, a crash or the liveness
+# phase) and a failing one (`fsyncfail`: the next commit fails, and the node
+# stops, fail-stop, until it is restarted).
+# `crashforce` and `crashforced` arm a crash at a boundary: when the node next
+# asks for a forced write (the record is lost), or right after one becomes
+# durable (before the effects that follow it, such as sends, run).
+NODE_FAULTS = ("crash", "restart", "stall", "resume", "fsyncfail", "crashforce", "crashforced")
+FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
+
+
+class SimulationFailure(ScheduleFailure["Scenario"]):
+    """Raised when a simulated run breaks an invariant; the message says how to replay it."""
+
+    def __init__(self, scenario: Scenario, violations: list[Violation]) -> None:
+        super().__init__(scenario, violations, "simulation", dtxn_replay)
+
+
+class TxnSpec(msgspec.Struct, frozen=True):
+    """One transaction of a workload: when it is submitted, to whom, and their votes."""
+
+    at_s: float
+    participants: tuple[int, ...]
+    votes: tuple[Vote, ...]
+
+
+class Fault(msgspec.Struct, frozen=True):
+    """One timed fault: one of `NODE_FAULTS` on nodes, a partition into groups, or heal."""
+
+    at_s: float
+    kind: str
+    nodes: tuple[str, ...] = ()
+    groups: tuple[tuple[str, ...], ...] = ()
+
+
+class Scenario(msgspec.Struct, frozen=True):
+    """A complete, replayable simulated run."""
+
+    protocol: Protocol = Protocol.TWO_PC
+    participants: int = 3
+    seed: int = 0
+    txns: tuple[TxnSpec, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    network: NetworkFaults = NetworkFaults()
+
+    def text(self) -> str:
+        net = self.network
+        parts = [
+            f"{self.protocol.value} n={self.participants} seed={self.seed} "
+            f"drop={net.drop:g} dup={net.duplicate:g} delay={net.delay_s:g} "
+            f"jitter={net.jitter_s:g}"
+        ]
+        for txn in self.txns:
+            members = ",".join(
+                f"p{p}={VOTE_LETTERS[v]}" for p, v in zip(txn.participants, txn.votes, strict=True)
+            )
+            parts.append(f"tx@{txn.at_s:g} {members}")
+        for fault in self.faults:
+            if fault.kind == "part":
+                parts.append(f"part@{fault.at_s:g} " + "|".join(",".join(g) for g in fault.groups))
+            elif fault.kind == "heal":
+                parts.append(f"heal@{fault.at_s:g}")
+            else:
+                parts.append(f"{fault.kind}@{fault.at_s:g} {','.join(fault.nodes)}")
+        return " ; ".join(parts)
+
+    @classmethod
+    def parse(cls, text: str) -> Scenario:
+        """Read back what `text()` printed (raises `ValueError` on anything else)."""
+        words, items = schedule_items(text)
+        if not words:
+            raise ValueError("empty schedule")
+        protocol = Protocol(words[0])
+        opts = schedule_options(words)
+        network = NetworkFaults(
+            drop=float(opts.get("drop", 0)),
+            duplicate=float(opts.get("dup", 0)),
+            delay_s=float(opts.get("delay", 0.001)),
+            jitter_s=float(opts.get("jitter", 0)),
+        )
+        txns: list[TxnSpec] = []
+        faults: list[Fault] = []
+        for item, kind, when, rest in items:
+            at_s = float(when)
+            rest = rest.strip()
+            if kind == "tx":
+                pairs = [pair.split("=") for pair in rest.split(",")]
+                txns.append(TxnSpec(
+                    at_s,
+                    tuple(int(p.removeprefix("p")) for p, _ in pairs),
+                    tuple(VOTE_CODES[v] for _, v in pairs),
+                ))
+            elif kind == "part":
+                groups = tuple(tuple(g.split(",")) for g in rest.split("|"))
+                faults.append(Fault(at_s, "part", groups=groups))
+            elif kind == "heal":
+                faults.append(Fault(at_s, "heal"))
+            elif kind in NODE_FAULTS:
+                faults.append(Fault(at_s, kind, nodes=tuple(rest.split(","))))
+            else:
+                raise ValueError(f"unknown schedule item {item!r}")
+        return cls(protocol, int(opts.get("n", 3)), int(opts.get("seed", 0)),
+                   tuple(txns), tuple(faults), network)
+
+
+class SimResult(msgspec.Struct):
+    """What one simulated run did."""
+
+    scenario: Scenario
+    trace_hash: str
+    events: int
+    outcomes: dict[str, str]
+    violations: list[Violation]
+    virtual_s: float
+    trace: list[TraceEntry]
+def random_scenario(
+    seed: int,
+    *,
+    protocol: Protocol | str = Protocol.TWO_PC,
+    participants: int = 3,
+    txns: int = 2,
+    faults: int = 3,
+    partitions: bool | None = None,
+    storage: bool | None = None,
+) -> Scenario:
+    """A random scenario drawn from `seed` (swarm testing: fault rates are drawn too).
+
+    By default 3PC gets neither partitions, message loss nor storage faults:
+    its model is fail-stop with reliable links and accurate timeouts, which a
+    lost message or a stalled fsync (a paused node) breaks. Message loss comes
+    with `partitions`.
+    """
+    proto = Protocol(protocol)
+    rng = stream(seed, "scenario")
+    if partitions is None:
+        partitions = proto is Protocol.TWO_PC
+    if storage is None:
+        storage = proto is Protocol.TWO_PC
+    names = [COORDINATOR_NODE, *(f"p{i}" for i in range(1, participants + 1))]
+    specs = []
+    for _ in range(txns):
+        count = rng.randint(1, participants)
+        chosen = tuple(sorted(rng.sample(range(1, participants + 1), count)))
+        votes = tuple(
+            rng.choices([Vote.YES, Vote.NO, Vote.READ_ONLY], weights=[8, 1, 1])[0]
+            for _ in chosen
+        )
+        specs.append(TxnSpec(round(rng.uniform(0, 0.5), 3), chosen, votes))
+    events: list[Fault] = []
+    for _ in range(faults):
+        at_s = round(rng.uniform(0, 2.0), 3)
+        kinds = ["crash", "crash", "crashforce", "crashforced", "restart"]
+        kinds += ["part", "heal"] if partitions else []
+        if storage:
+            kinds += ["stall", "resume", "fsyncfail"]
+        kind = rng.choice(kinds)
+        if kind in NODE_FAULTS:
+            events.append(Fault(at_s, kind, nodes=(rng.choice(names),)))
+        elif kind == "part":
+            shuffled = names[:]
+            rng.shuffle(shuffled)
+            cut = rng.randint(1, len(names) - 1)
+            events.append(Fault(at_s, "part", groups=(
+                tuple(sorted(shuffled[:cut])), tuple(sorted(shuffled[cut:]))
+            )))
+        else:
+            events.append(Fault(at_s, "heal"))
+    events.sort(key=lambda f: f.at_s)
+    if proto is Protocol.THREE_PC:
+        events = fail_stop(events, specs)
+    network = NetworkFaults(
+        # 3PC assumes reliable links: a lost PRE-COMMIT looks like a failed
+        # participant, and the coordinator commits while it aborts alone (TR3).
+        drop=rng.choice([0.0, 0.0, 0.02, 0.1]) if partitions else 0.0,
+        duplicate=rng.choice([0.0, 0.05, 0.2]),
+        delay_s=0.001,
+        jitter_s=rng.choice([0.0, 0.005, 0.05]),
+    )
+    return Scenario(proto, participants, seed, tuple(specs), tuple(events), network)
+
+
+
+def fail_stop(events: list[Fault], specs: list[TxnSpec]) -> list[Fault]:
+    """Keep 3PC inside its model: crashes without restarts, never every process of a txn."""
+    kept: list[Fault] = []
+    down: set[str] = set()
+    groups = [{COORDINATOR_NODE, *(f"p{p}" for p in spec.participants)} for spec in specs]
+    for fault in events:
+        if fault.kind in ("restart", "stall", "resume"):
+            continue
+        if fault.kind in ("crash", "fsyncfail", "crashforce", "crashforced"):
+            after = down | set(fault.nodes)
+            if any(group <= after for group in groups):
+                continue
+            down = after
+        kept.append(fault)
+    return kept
+
