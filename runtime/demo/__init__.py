@@ -29,6 +29,7 @@ from dtxn.runtime.loop import run
 __all__ = [
     "BeforeChecks",
     "ScenarioResult",
+    "Stage",
     "run_demo",
     "scenario",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"```(python|sh)\n(.*?)```", re.DOTALL)
 BIN = Path(sys.executable).parent
 

@@ -27,7 +27,7 @@ from nodes import eventually
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NODE = "shop"
 TERMINAL = ("OrderApproved", "OrderRejected")
 ACTIONS = ["order", "stock", "shipping", "payment", "confirm"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "bank_transfer"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "bank_transfer"))
 
 import run as bank_transfer
 

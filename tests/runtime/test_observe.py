@@ -241,13 +241,13 @@ def test_without_opentelemetry_telemetry_is_inert_or_a_clear_error(
 
 
 def test_the_getting_started_page_shows_the_web_service_example_verbatim() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     example = (root / "examples" / "web_service.py").read_text()
     assert f"```python\n{example}```" in (root / "docs" / "getting-started.md").read_text()
 
 
 def test_the_web_service_example_runs_and_exits(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, str(root / "examples" / "web_service.py")],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,

@@ -279,7 +279,8 @@ async def test_a_prepare_outlives_kill_9_and_its_decision_is_applied_exactly(
     path = tmp_path / "ledger.sqlite"
     _create(path)
     before = _dump(path)
-    tests_dir = str(Path(__file__).parent)
+    here = Path(__file__).resolve()
+    tests_dir = os.pathsep.join([str(here.parent), str(here.parents[1])])
     async with await anyio.open_process(
         [sys.executable, "-c", KILLED_PREPARE, str(path), "killed-1"],
         env={**os.environ, "PYTHONPATH": tests_dir},

@@ -30,7 +30,7 @@ from nodes import Node, eventually
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(max_attempts=3, backoff_ms_initial=1, backoff_ms_max=5)
 
 TRIP = SagaDefinition(
