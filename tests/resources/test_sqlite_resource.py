@@ -256,6 +256,8 @@ async def test_a_participant_crash_after_voting_yes_ends_committed_after_a_resta
         assert (_balance(bank.path_a), _balance(bank.path_b)) == (90, 110)
 
 
+HERE = Path(__file__).resolve()
+
 KILLED_PREPARE = """
 import asyncio, sys
 from dtxn.runtime.resources.sqlite import SqliteResource
@@ -279,7 +281,7 @@ async def test_a_prepare_outlives_kill_9_and_its_decision_is_applied_exactly(
     path = tmp_path / "ledger.sqlite"
     _create(path)
     before = _dump(path)
-    here = Path(__file__).resolve()
+    here = HERE
     tests_dir = os.pathsep.join([str(here.parent), str(here.parents[1])])
     async with await anyio.open_process(
         [sys.executable, "-c", KILLED_PREPARE, str(path), "killed-1"],

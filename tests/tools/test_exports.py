@@ -104,7 +104,7 @@ def test_actors_know_no_transactions() -> None:
 
 
 TOOLS = ("dtxn.runtime.sim", "dtxn.runtime.demo", "dtxn.runtime.cli", "dtxn.testing", "dtxn.bench")
-PRODUCTION = ("hosting", "wal", "transport", "resources", "choreography.py", "_runtime.py",
+PRODUCTION = ("hosting", "wal", "transport", "resources", "choreography", "_runtime.py",
               "clock.py", "loop.py", "resource.py", "observe.py", "otel.py", "_stats.py",
               "servers.py", "__init__.py")
 
