@@ -1,7 +1,7 @@
 """`dtxn demo`: run the scenarios that motivate dtxn and show what happened.
 
 Every registered scenario (`dtxn.runtime.demo._stage.SCENARIOS`; scenarios 1
-and 2 live in `demo_atomic`) runs on fresh runtimes with one SQLite WAL per
+and 2 live in `demo.atomic`, 3 and 4 in `demo.sagas`) runs on fresh runtimes with one SQLite WAL per
 node, under `DIR/<key>-<slug>/`. For each, the timeline is printed (actors as
 columns, messages as arrows) and `DIR/<key>-<slug>.mmd` (Mermaid) and
 `DIR/<key>-<slug>.html` (a self-contained page) are written, plus

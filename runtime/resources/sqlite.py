@@ -16,7 +16,7 @@ Until the decision, another dtxn branch that touches a locked row fails with
 `RowLocked`, naming the holder (the runtime turns that into a NO vote), after
 waiting up to `lock_wait_s` on the runtime's clock. Readers outside dtxn see
 the prepared value; `pending_txid` / `locked_by` tell them it is undecided.
-The row API the branch writes through lives in `sqlite_resource_rows`.
+The row API the branch writes through lives in `resources._sqlite_rows`.
 """
 
 from __future__ import annotations

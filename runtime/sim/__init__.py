@@ -22,10 +22,10 @@ A scenario prints as one line of text (`Scenario.text()`), and
 `Scenario.parse` reads it back: that line is what a failure reports and what
 `dtxn replay` takes.
 
-The simulator is split by job: `sim_scenario` (what a run is made of),
-`sim_hooks` (what a test plugs in), `sim_cluster` (the simulated cluster),
-`sim_runs` (run, check, shrink, sweep) and `sim_stepped` (step-by-step
-driving); `sim_harness` holds what it shares with the saga simulator. This
+The simulator is split by job: `atomic._scenario` (what a run is made of),
+`atomic._hooks` (what a test plugs in), `atomic._cluster` (the simulated cluster),
+`atomic._runs` (run, check, shrink, sweep) and `atomic._stepped` (step-by-step
+driving); `_harness` holds what it shares with the saga simulator. This
 module keeps the one import path every caller uses.
 """
 

@@ -21,10 +21,10 @@ compensated within `LIVENESS_BOUND_S`, or stuck when a compensation is
 scripted to fail for good). A scenario prints as one line (`text()`), which
 `parse` reads back and `dtxn replay` takes.
 
-The simulator is split by job: `sim_saga_scenario` (what a run is made of),
-`sim_saga_services` (the step services), `sim_saga_variants` (the
-orchestrator and barrier under test), `sim_saga_cluster` (the simulated
-node) and this module (run, sweep, shrink); `sim_harness` holds what it
+The simulator is split by job: `_scenario` (what a run is made of),
+`_services` (the step services), `_variants` (the
+orchestrator and barrier under test), `_cluster` (the simulated
+node) and this module (run, sweep, shrink); `dtxn.runtime.sim._harness` holds what it
 shares with the atomic-commit simulator.
 """
 
