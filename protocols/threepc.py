@@ -295,14 +295,12 @@ class ThreePCCoordinator:
         ]
         reason = f"decided by backup coordinator {message.sender}"
         if message.commit:
-            self.state = Coord3State.ENDED
-            return [
-                *timers,
-                Log(CoordEnded(self.txid)),
-                Decide(Outcome.COMMITTED, reason),
-                Compact(),
-                Forget(),
-            ]
+            # Adopted as if decided here: forced before any COMMIT is relayed,
+            # and held until every participant acked. Ending at once (a lazy
+            # c-end) left a participant still in doubt with an outcome only
+            # the `remember_ended` window kept (docs/protocols.md, "Recovery").
+            self.yes = self.participants
+            return [*timers, *self._commit(reason)]
         self.state = Coord3State.ABORTED
         return [
             *timers,
