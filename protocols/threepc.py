@@ -31,7 +31,9 @@ anyone, TR4 only on every participant's report, and TR3 only on every report
 and once the coordinator has shown it never committed: while it was down, a
 commit may have been decided without it (the coordinator presumes silent
 participants failed). A coordinator recovering after PRE-COMMIT but before
-COMMIT asks the participants instead of deciding. Participants force their
+COMMIT asks the participants instead of deciding; a commit it learns it
+adopts as its own (forced before it is relayed, held until every ack is in),
+never as a lazy end record. Participants force their
 abort as well as their commit, so no decision is forgotten in a crash.
 
 Failure model: fail-stop crashes, reliable links, no partitions, accurate
@@ -295,14 +297,14 @@ class ThreePCCoordinator:
         ]
         reason = f"decided by backup coordinator {message.sender}"
         if message.commit:
-            self.state = Coord3State.ENDED
-            return [
-                *timers,
-                Log(CoordEnded(self.txid)),
-                Decide(Outcome.COMMITTED, reason),
-                Compact(),
-                Forget(),
-            ]
+            # Adopted as if decided here: forced before any COMMIT is relayed,
+            # and held until every participant acked. Ending at once (a lazy
+            # c-end) left a participant still in doubt with an outcome only
+            # the `remember_ended` window kept (docs/protocols.md, "A coordinator
+            # that learns the outcome").
+            self.yes = self.participants
+            # (`_commit` cancels the pre-commit acks timer itself.)
+            return [CancelTimer(VOTES_TIMER), CancelTimer(INQUIRY_TIMER), *self._commit(reason)]
         self.state = Coord3State.ABORTED
         return [
             *timers,
