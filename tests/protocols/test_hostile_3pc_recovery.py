@@ -33,9 +33,8 @@ from dtxn.protocols.messages import (
 )
 from dtxn.protocols.records import CoordCommitted, CoordPreCommitted
 from dtxn.protocols.threepc import ACKS_TIMER, Coord3State, ThreePCCoordinator
-from dtxn.runtime.runtime import Runtime
-from dtxn.runtime.sim import Scenario, run
-from dtxn.runtime.simnet import describe
+from dtxn.runtime import Runtime
+from dtxn.runtime.sim import Scenario, describe, run
 
 FOUND_BY_SEED_1 = (
     "3pc n=3 seed=2028500097 drop=0 dup=0.05 delay=0.001 jitter=0.05 ; "
