@@ -9,7 +9,14 @@ locks), `choreography`; its tools are `sim` (the simulator), `cli` (`dtxn`),
 through them.
 """
 
-from dtxn.runtime._runtime import Runtime, RuntimeStatistics, TxnStatus, UnknownTransaction
+from dtxn.runtime._runtime import (
+    UNKNOWN_BURST,
+    UNKNOWN_PER_S,
+    Runtime,
+    RuntimeStatistics,
+    TxnStatus,
+    UnknownTransaction,
+)
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.hosting.coordinator import TxnOutcome
 from dtxn.runtime.hosting.saga_steps import ActorStep
@@ -20,6 +27,8 @@ from dtxn.runtime.transport import Address, InProcessTransport, Transport, Unkno
 from dtxn.runtime.wal import Durability, WalError, WalStore, make_wal
 
 __all__ = [
+    "UNKNOWN_BURST",
+    "UNKNOWN_PER_S",
     "ActorStep",
     "Address",
     "Clock",

@@ -38,7 +38,7 @@ from dtxn.actors.mailbox import Mailbox, MailboxClosed
 from dtxn.actors.timing import Cancellable
 from dtxn.protocols.choose import Capabilities, Choice, Requirements, choose_protocol
 from dtxn.protocols.errors import ConfigError, TransactionError
-from dtxn.protocols.messages import Message, Protocol, Timeouts
+from dtxn.protocols.messages import Message, Prepare, Protocol, Timeouts
 from dtxn.protocols.records import CoordChose
 from dtxn.protocols.saga import SagaDefinition, SagaReport
 from dtxn.runtime import otel
@@ -60,6 +60,7 @@ from dtxn.runtime.hosting.sagas import SAGA_ACTOR, SagaHost, SagaOutcome, StepFn
 from dtxn.runtime.observe import TraceEvent, TraceStream, describe
 from dtxn.runtime.resource import Recoverable, Resource
 from dtxn.runtime.transport import Address, InProcessTransport, Transport
+from dtxn.runtime.transport.limits import Budget, LogLimiter
 from dtxn.runtime.wal import Durability, WalError, WalStore, make_wal, parse_durability
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ M = TypeVar("M")
 log = logging.getLogger("dtxn.runtime")
 
 HOST_MAILBOX = 65536
+# Per sending node, messages about transactions no host here holds: a burst,
+# then so many a second (docs/nats.md). Far below HOST_MAILBOX, so that no
+# one sender can fill a host's mailbox with them.
+UNKNOWN_BURST = 1000
+UNKNOWN_PER_S = 1000.0
 CHECKED_PIDS_MAX = 1024
 
 
@@ -191,6 +197,14 @@ class Runtime:
         self._routes: dict[str, _Route] = {}
         self._direct: InProcessTransport | None = None
         self._undeliverable = 0
+        # The hosts that take atomic-commit messages, by actor name (set at start).
+        self._atomic_hosts: dict[str, MachineHost] = {}
+        # Txids of PREPAREs let into a mailbox lately: what follows a PREPARE
+        # still queued is not about an unknown transaction.
+        self._prepared: dict[str, None] = {}
+        #: Messages about transactions not held here, by sending node (see `_unwanted`).
+        self.unknown_budget = Budget(self.clock, burst=UNKNOWN_BURST, per_s=UNKNOWN_PER_S)
+        self._drop_log = LogLimiter(self.clock, burst=1, interval_s=10.0)
         self._exit: contextlib.AsyncExitStack | None = None
         self._scope: CancelScope | None = None
         self._pools: list[WorkerPool] = []
@@ -255,6 +269,7 @@ class Runtime:
                 self._refs[name] = await self.system.spawn(
                     _host_factory(host), name=name, mailbox_size=HOST_MAILBOX, policy=policy
                 )
+            self._atomic_hosts = {n: h for n, h in hosts.items() if n != SAGA_ACTOR}
             pending = rebuild(entries, hosts, str(getattr(self.wal, "where", self.node)))
             self.transport.attach(self)
             transport = self.transport
@@ -778,6 +793,8 @@ class Runtime:
     # -- the transport's view of this node (NodePort) ---------------------------
 
     async def deliver(self, actor: str, message: object) -> None:
+        if isinstance(message, Message) and self._unwanted(actor, message):
+            return
         try:
             ref = self.system.ref(actor)
         except ActorError:
@@ -786,6 +803,8 @@ class Runtime:
         await ref.tell(message)
 
     def deliver_nowait(self, actor: str, message: object) -> None:
+        if isinstance(message, Message) and self._unwanted(actor, message):
+            return
         ref = self._refs.get(actor)
         if ref is None:
             try:
@@ -804,13 +823,53 @@ class Runtime:
             if self._wire:
                 self._trace_received(actor, message)
 
+    def _unwanted(self, actor: str, message: Message) -> bool:
+        """Whether to drop `message`, about a transaction no host here holds, unseen.
+
+        Nobody can be shown a member of a transaction this node does not hold,
+        so such messages (all but PREPARE, which starts one) are let in only
+        within their sending node's `unknown_budget`: a flood from one node
+        costs no mailbox slot, host lookup, WAL record or log line beyond it,
+        and starves no other sender. A drop is a lost message, which every
+        protocol already survives (they re-send and ask on their timers).
+        """
+        host = self._atomic_hosts.get(actor)
+        if host is None:
+            return False
+        txid = message.txid
+        if type(message) is Prepare:
+            prepared = self._prepared
+            prepared[txid] = None
+            if len(prepared) > HOST_MAILBOX:
+                del prepared[next(iter(prepared))]
+            return False
+        if txid in host.txns or txid in host.finished or txid in self._prepared:
+            return False
+        sender = message.sender.rpartition("@")[2]
+        if self.unknown_budget.take(sender):
+            return False
+        self.counters.unknown_dropped += 1
+        held = self._drop_log.allow(f"unknown from {sender}")
+        if held is not None:
+            log.warning(
+                "node %s: node %r sends more than %g messages a second about transactions "
+                "not held here; dropping them unseen (first: %s for %r; %d more dropped since "
+                "the last such line)", self.node, sender, self.unknown_budget.per_s,
+                type(message).__name__, txid, held,
+            )
+        return True
+
     def _mailbox_full(self, actor: str, message: object) -> None:
         # Like a network drop: protocols re-send on their timers.
         self.counters.dropped += 1
+        held = self._drop_log.allow(f"full {actor}")
+        if held is None:
+            return
         txid = getattr(message, "txid", None)
         log.warning(
-            "txid=%s node %s: mailbox of %r full, dropped %s", txid, self.node, actor,
-            type(message).__name__, extra={"txid": txid} if isinstance(txid, str) else None,
+            "txid=%s node %s: mailbox of %r full, dropped %s (%d more dropped since the last "
+            "such line)", txid, self.node, actor, type(message).__name__, held,
+            extra={"txid": txid} if isinstance(txid, str) else None,
         )
 
     def _trace_received(self, actor: str, message: object) -> None:
@@ -859,6 +918,7 @@ class Runtime:
             wal_records=wal.records_committed,
             wal_largest_batch=wal.largest_batch,
             wal_mean_batch=wal.mean_batch,
+            unknown_dropped=c.unknown_dropped,
         )
         return RuntimeStatistics(self.node, self.system.statistics(), txn, self._undeliverable)
 

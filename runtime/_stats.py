@@ -19,6 +19,7 @@ class Counters:
         "resource_retries",
         "started",
         "stuck",
+        "unknown_dropped",
         "violations",
     )
 
@@ -34,6 +35,7 @@ class Counters:
         self.violations = 0
         self.resource_retries = 0
         self.stuck = 0
+        self.unknown_dropped = 0
 
 
 class TxnStatistics(msgspec.Struct, frozen=True):
@@ -62,3 +64,5 @@ class TxnStatistics(msgspec.Struct, frozen=True):
     wal_records: int
     wal_largest_batch: int
     wal_mean_batch: float
+    # Messages about transactions not held here, dropped over their sender's budget.
+    unknown_dropped: int = 0

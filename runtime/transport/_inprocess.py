@@ -3,7 +3,8 @@
 `InProcessTransport` connects runtimes in one process. With `encode=True`
 every message is encoded with msgspec msgpack and decoded again with the
 receiving actor's declared message type, exactly as a network transport
-would, so codecs are exercised by ordinary tests. Undecodable bytes are a
+would, so codecs are exercised by ordinary tests, within the same bounds of
+size and nesting (`dtxn.runtime.transport.limits`). Undecodable bytes are a
 `CodecError`, counted and reported as a dead letter; the receiver keeps running.
 """
 
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 import msgspec
 from dtxn.protocols.errors import CodecError, DtxnError
+from dtxn.runtime.transport.limits import decode_bounded
 
 log = logging.getLogger("dtxn.transport")
 
@@ -237,8 +239,8 @@ class InProcessTransport:
             decoder = msgspec.msgpack.Decoder(message_type)
             self._decoders[message_type] = decoder
         try:
-            decoded = decoder.decode(data)
-        except msgspec.DecodeError as exc:
+            decoded = decode_bounded(decoder, data)
+        except CodecError as exc:
             self._undeliverable += 1
             port.report_undeliverable(to.actor, data, f"malformed message for {to}: {exc}")
             return
@@ -256,8 +258,8 @@ class InProcessTransport:
             decoder = msgspec.msgpack.Decoder(message_type)
             self._decoders[message_type] = decoder
         try:
-            message = decoder.decode(data)
-        except msgspec.DecodeError as exc:
+            message = decode_bounded(decoder, data)
+        except CodecError as exc:
             self._undeliverable += 1
             error = CodecError(f"malformed message for {to} ({len(data)} bytes): {exc}")
             log.warning("%s", error)
