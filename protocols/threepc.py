@@ -403,6 +403,9 @@ class ThreePCParticipant:
         self.timeouts = Timeouts()
         self.retry_s = self.timeouts.decision_s
         self.vote_pending = False
+        # Recovered from a lone p-abort (forced on an inquiry while preparing):
+        # resource.abort is applied on resume, since the crash may have cut it off.
+        self.abort_unapplied = False
         self.reason = ""
         # Termination protocol.
         self.round = -1
@@ -751,6 +754,9 @@ class ThreePCParticipant:
             self.state = Part3State.COMMITTED
             return []
         if isinstance(record, PartAborted):
+            # Alone (no PREPARED before it), it was forced on an inquiry while
+            # `prepare` ran: that prepare may have applied, and its abort never ran.
+            self.abort_unapplied = self.state is Part3State.INIT
             self.state = Part3State.ABORTED
             return []
         raise _illegal("participant", self.txid, self.state, event)
@@ -767,6 +773,12 @@ class ThreePCParticipant:
             return effects
         if self.state is Part3State.COMMITTED:
             return [Decide(Outcome.COMMITTED, "recovered from the log"), Forget()]
+        if self.state is Part3State.ABORTED and self.abort_unapplied:
+            # Apply the abort the crash cut off (idempotent, and harmless if the
+            # prepare never applied); then end as a lazily-logged abort does.
+            self.state = Part3State.ABORTING
+            self.reason = "aborted on inquiry before its vote; abort reapplied after a crash"
+            return [InvokeResource(ResourceOp.ABORT)]
         if self.state is Part3State.ABORTED:
             return [Decide(Outcome.ABORTED, "recovered from the log"), Forget()]
         raise ProtocolError(f"3PC participant of {self.txid!r} recovered with no records")

@@ -324,6 +324,9 @@ class TwoPCParticipant:
         # aborted (by the coordinator or a peer's inquiry): its vote is then
         # answered with resource.abort, never sent.
         self.vote_pending = False
+        # Recovered from a lone p-abort (forced on an inquiry while preparing):
+        # resource.abort is applied on resume, since the crash may have cut it off.
+        self.abort_unapplied = False
         self.reason = ""
 
     @property
@@ -520,6 +523,9 @@ class TwoPCParticipant:
             self.state = PartState.COMMITTED
             return []
         if isinstance(record, PartAborted):
+            # Alone (no PREPARED before it), it was forced on an inquiry while
+            # `prepare` ran: that prepare may have applied, and its abort never ran.
+            self.abort_unapplied = self.state is PartState.INIT
             self.state = PartState.ABORTED
             return []
         raise _illegal("participant", self.txid, self.state, event)
@@ -534,6 +540,12 @@ class TwoPCParticipant:
             return effects
         if self.state is PartState.COMMITTED:
             return [Decide(Outcome.COMMITTED, "recovered from the log"), Forget()]
+        if self.state is PartState.ABORTED and self.abort_unapplied:
+            # Apply the abort the crash cut off (idempotent, and harmless if the
+            # prepare never applied); then end as a lazily-logged abort does.
+            self.state = PartState.ABORTING
+            self.reason = "aborted on inquiry before its vote; abort reapplied after a crash"
+            return [InvokeResource(ResourceOp.ABORT)]
         if self.state is PartState.ABORTED:
             return [Decide(Outcome.ABORTED, "recovered from the log"), Forget()]
         raise ProtocolError(f"participant of {self.txid!r} recovered with no records")

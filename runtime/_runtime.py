@@ -184,6 +184,10 @@ class Runtime:
                 node, remember_ended,
             )
         self.remember_ended = remember_ended
+        # Given each participant machine this node builds (new or recovered),
+        # returns the machine to run: how the simulator's mutation tests plug
+        # in broken protocol variants. Set before entering; None in production.
+        self.machine_factory: Callable[[Any], Any] | None = None
         self.sagas.ended_max = self.coordinator.finished_max = remember_ended
         self.participants: dict[str, ParticipantHost] = {}
         self._refs: dict[str, ActorRef[Any]] = {}

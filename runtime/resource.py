@@ -14,7 +14,13 @@ Contract (the runtime relies on it):
 - `commit` and `abort` may be called more than once for the same txid (after a
   crash, or when a decision is re-sent) and must be idempotent; `abort` may
   also be called for a txid that `prepare` answered YES while the decision was
-  already abort. If they raise, the runtime retries them with backoff: the
+  already abort, and, after a crash, for a txid whose `prepare` may not have
+  run or finished at all (the participant aborted it on an inquiry while
+  preparing): then it undoes whatever of that prepare is there, or nothing.
+  A resource whose prepared state outlives the process should be
+  `Recoverable`: a crash between its prepare and the forced PREPARED record
+  leaves a branch the log never heard of, which only the resource can find.
+  If they raise, the runtime retries them with backoff: the
   decision is final and must be applied.
 """
 

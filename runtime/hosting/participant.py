@@ -48,11 +48,18 @@ class ParticipantHost(MachineHost):
         self._sleep = sleep
         # Bound once: a bound method is an object too.
         self._invoke_bound = self._invoke
+        # The runtime's `machine_factory` (simulator mutation tests), if any.
+        self._wrap: Callable[[Any], Any] | None = getattr(services, "machine_factory", None)
 
     def new_machine(self, txid: str, protocol: Protocol) -> TwoPCParticipant | ThreePCParticipant:
+        machine: TwoPCParticipant | ThreePCParticipant
         if protocol is Protocol.TWO_PC:
-            return TwoPCParticipant(txid, self.me)
-        return ThreePCParticipant(txid, self.me)
+            machine = TwoPCParticipant(txid, self.me)
+        else:
+            machine = ThreePCParticipant(txid, self.me)
+        if self._wrap is not None:
+            machine = self._wrap(machine)
+        return machine
 
     def deliver(self, message: Message) -> None:
         txid = message.txid

@@ -24,7 +24,7 @@ import anyio
 import asyncpg  # type: ignore[import-untyped]
 from dtxn.protocols.errors import ConfigError, DtxnError
 from dtxn.protocols.messages import Vote
-from dtxn.runtime._runtime import UnknownTransaction
+from dtxn.runtime.resources._reconcile import Fate, fate
 
 if TYPE_CHECKING:
     from dtxn.runtime._runtime import Runtime
@@ -174,31 +174,38 @@ class PostgresResource:
         return [str(row["gid"]) for row in rows]
 
     async def roll_back_orphans(self, rt: Runtime) -> list[str]:
-        """Roll back this resource's gids that `rt` knows nothing of; return them.
+        """Make this resource's prepared gids agree with `rt`'s log; return those rolled back.
 
         Call it once the runtime hosting this resource has started (its
-        recovery is done). A gid the runtime does not know was prepared by a
-        process that crashed before forcing PREPARED to its WAL: it never voted
-        YES, so the decision can only be abort (presumed abort). A gid the
-        runtime knows is left alone: the protocol resolves it.
+        recovery is done). A gid is rolled back when the participant's log does
+        not know its txid (the process crashed before forcing PREPARED: it never
+        voted YES, so presumed abort) or says it aborted (the participant
+        answered an inquiry "abort" while this prepare ran, then crashed before
+        `abort` did); it is committed when the log says committed; a txid the
+        protocol still holds (in doubt, committing) is left to it.
         """
         orphans = []
         for gid in await self.in_doubt_gids():
             txid = self.txid_of(gid)
-            try:
-                rt.status(txid)
-            except UnknownTransaction:
+            verdict = fate(rt, self, txid)
+            if verdict is Fate.ABORT:
                 await self.abort(txid)
                 orphans.append(gid)
+            elif verdict is Fate.COMMIT:
+                log.warning(
+                    "resource %s: %s is committed in the log but still prepared here: "
+                    "committing it", self.name, gid,
+                )
+                await self.commit(txid)
         return orphans
 
     async def recover(self, runtime: Runtime) -> None:
-        """Called by the runtime at start: roll back orphaned gids (`roll_back_orphans`)."""
+        """Called by the runtime at start: reconcile gids with its log (`roll_back_orphans`)."""
         orphans = await self.roll_back_orphans(runtime)
         if orphans:
             log.warning(
-                "resource %s: rolled back %d gid(s) prepared before their PREPARED record "
-                "was forced: %s", self.name, len(orphans), ", ".join(orphans),
+                "resource %s: rolled back %d gid(s) its participant's log says aborted or "
+                "never voted YES for: %s", self.name, len(orphans), ", ".join(orphans),
             )
 
     async def _finish(self, statement: str, txid: str) -> None:

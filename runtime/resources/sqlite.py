@@ -36,8 +36,8 @@ import aiosqlite
 import anyio
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Vote
-from dtxn.runtime._runtime import UnknownTransaction
 from dtxn.runtime.clock import Clock
+from dtxn.runtime.resources._reconcile import Fate, fate
 from dtxn.runtime.resources._sqlite_rows import (
     SCHEMA,
     RowLocked,
@@ -113,6 +113,9 @@ class SqliteResource:
         self._preparing: dict[str, anyio.Event] = {}
         self.lock_conflicts = 0
         self.orphans_rolled_back = 0
+        self.reconciled_commits = 0  # markers the log said committed (see roll_back_orphans)
+        self.stale_locks_released = 0  # markers found blocking a row after their txid ended
+        self._runtime: Runtime | None = None  # the hosting runtime, once it recovered us
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -165,9 +168,11 @@ class SqliteResource:
                     return await self._run(
                         partial(_prepare_sync, self.name, txid, self._branch, payload)
                     )
-                except RowLocked:
+                except RowLocked as locked:
                     self.lock_conflicts += 1
                     if waited_s >= self.lock_wait_s:
+                        if await self._release_if_stale(locked.holder):
+                            continue
                         raise
                     # Counted, not read off a clock: the wait is bounded either way.
                     step_s = min(delay_s, self.lock_wait_s - waited_s)
@@ -199,35 +204,44 @@ class SqliteResource:
         return await self._run(read)
 
     async def roll_back_orphans(self, rt: Runtime) -> list[str]:
-        """Abort this resource's prepared txids that `rt` knows nothing of; return them.
+        """Make this resource's prepared branches agree with `rt`'s log; return those rolled back.
 
         Call it once the runtime hosting this resource has recovered (the runtime
-        does, through `recover`). A marker the runtime's participant does not
-        know was written by a process that crashed before forcing PREPARED: it
-        never voted YES, so the decision can only be abort (presumed abort).
+        does, through `recover`). A marker is rolled back when the participant's
+        log does not know its txid (the process crashed before forcing PREPARED:
+        it never voted YES, so presumed abort) or says it aborted (the
+        participant answered an inquiry "abort" while this prepare ran, then
+        crashed before `abort` did); it is committed when the log says committed;
+        a txid the protocol still holds (in doubt, committing) is left to it.
         """
-        mine = [key for key, resource in rt.resources.items() if resource is self]
         orphans = []
         for txid in await self.in_doubt_txids():
-            try:
-                roles = rt.status(txid).roles
-            except UnknownTransaction:
-                roles = {}
-            # When `rt` hosts this resource, only its own participant's knowledge
-            # counts: the coordinator on the same node may know the txid too.
-            if not roles or (mine and not any(key in roles for key in mine)):
+            verdict = fate(rt, self, txid)
+            if verdict is Fate.ABORT:
                 await self.abort(txid)
                 orphans.append(txid)
+            elif verdict is Fate.COMMIT:
+                log.warning(
+                    "resource %s: %s is committed in the log but still prepared here: "
+                    "committing it", self.name, txid,
+                )
+                await self.commit(txid)
+                self.reconciled_commits += 1
         self.orphans_rolled_back += len(orphans)
         return orphans
 
     async def recover(self, runtime: Runtime) -> None:
-        """Called by the runtime at start: roll back orphaned markers (`roll_back_orphans`)."""
+        """Called by the runtime at start: reconcile markers with its log (`roll_back_orphans`).
+
+        The runtime is kept, so that a row found locked for longer than
+        `lock_wait_s` by a branch the log says ended is reconciled then too.
+        """
+        self._runtime = runtime
         orphans = await self.roll_back_orphans(runtime)
         if orphans:
             log.warning(
-                "resource %s: rolled back %d branch(es) prepared before their PREPARED record"
-                " was forced: %s", self.name, len(orphans), ", ".join(orphans),
+                "resource %s: rolled back %d branch(es) its participant's log says aborted"
+                " or never voted YES for: %s", self.name, len(orphans), ", ".join(orphans),
             )
 
     async def settings(self) -> dict[str, str]:
@@ -246,6 +260,30 @@ class SqliteResource:
         return await self._run(lambda db: pending_txid(db, table, key))
 
     # -- internals ---------------------------------------------------------------------
+
+    async def _release_if_stale(self, holder: str) -> bool:
+        """Reconcile `holder`'s marker with the log if it is stale; whether it was.
+
+        A lock held past `lock_wait_s` by a txid the hosting runtime's log says
+        aborted (or does not know) is a branch whose abort was lost; one it
+        says committed lost its commit. Either is applied now, so the row does
+        not stay locked for ever. A txid being prepared right now, or one the
+        protocol still holds, is left alone.
+        """
+        rt = self._runtime
+        if rt is None or holder in self._preparing:
+            return False
+        verdict = fate(rt, self, holder)
+        if verdict is Fate.PROTOCOL or holder not in await self.in_doubt_txids():
+            return False
+        log.warning(
+            "resource %s: %s still held a row lock after its participant's log says it %s: "
+            "applying that now", self.name, holder,
+            "committed" if verdict is Fate.COMMIT else "aborted (or never voted YES)",
+        )
+        await (self.commit(holder) if verdict is Fate.COMMIT else self.abort(holder))
+        self.stale_locks_released += 1
+        return True
 
     async def _finish(self, txid: str, *, commit: bool) -> None:
         _check_txid(txid)

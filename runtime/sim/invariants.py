@@ -20,6 +20,8 @@ error with the seed and a replayable schedule.
       at every participant that voted yes, at the end;
   L   liveness: once faults stop, every transaction finishes in bounded time
       (for 3PC in its fail-stop model this is non-blocking);
+  R   no resource keeps a prepared branch (a YES it never committed or
+      aborted) of a transaction its participant ended;
   E   no node's runtime raises (in the simulator every exception is a bug).
 
 `SagaChecker` does the same for orchestrated sagas, fed with every effect
@@ -76,6 +78,8 @@ class Checker:
         self._votes: dict[str, dict[str, Vote]] = {}
         self._told_abort: set[tuple[str, str]] = set()
         self._applied: dict[str, dict[str, set[str]]] = {}
+        # (pid, txid) whose resource prepared YES and has not committed or aborted since.
+        self._held: set[tuple[str, str]] = set()
 
     def _fail(self, code: str, txid: str, detail: str) -> None:
         self.violations.append(Violation(code, self.now_s, txid, detail))
@@ -145,7 +149,16 @@ class Checker:
         ):
             self._fail("S5", txid, f"{pid} was prepared and aborted without an abort decision")
 
+    def on_held(self, pid: str, txid: str) -> None:
+        """`pid`'s resource answered YES: it holds the branch until commit or abort."""
+        self._held.add((pid, txid))
+
+    def holding(self, pid: str) -> list[str]:
+        """The txids whose prepared branch `pid`'s resource holds now, sorted."""
+        return sorted(txid for holder, txid in self._held if holder == pid)
+
     def on_applied(self, pid: str, txid: str, op: str) -> None:
+        self._held.discard((pid, txid))
         applied = self._applied.setdefault(txid, {"commit": set(), "abort": set()})
         applied[op].add(pid)
         if applied["commit"] and applied["abort"]:
@@ -174,6 +187,11 @@ class Checker:
                                       f"at {missing}")
         for txid, where in sorted(unfinished.items()):
             self._fail("L", txid, f"still unfinished after the liveness phase at {where}")
+        for pid, txid in sorted(self._held):
+            decided = self._decided.get((pid, txid))
+            if decided is not None and txid not in unfinished:
+                self._fail("R", txid, f"the resource at {pid} still holds its prepared branch, "
+                                      f"though {pid} ended the transaction {decided}")
 
 
 class SagaShape(msgspec.Struct, frozen=True):

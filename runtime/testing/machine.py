@@ -99,7 +99,7 @@ class ClusterMachine(RuleBasedStateMachine):
     def heal(self) -> None:
         self._cluster().heal()
 
-    @rule(kind=st.sampled_from(["crashforce", "crashforced"]),
+    @rule(kind=st.sampled_from(["crashforce", "crashforced", "crashvote"]),
           node=st.sampled_from(node_names(PARTICIPANTS)))
     def crash_at_a_force(self, kind: str, node: str) -> None:
         cluster = self._cluster()

@@ -57,12 +57,14 @@ def workloads(
 @st.composite
 def _fault(draw: st.DrawFn, participants: int, partitions: bool, storage: bool) -> Fault:
     names = node_names(participants)
-    kinds = ["crash", "crashforce", "crashforced", "restart"]
+    kinds = ["crash", "crashforce", "crashforced", "crashvote", "restart"]
     kinds += ["part", "heal"] if partitions else []
     if storage:
         kinds += ["stall", "resume", "fsyncfail"]
     kind = draw(st.sampled_from(kinds))
-    at_s = draw(TIMES_S)
+    # A crashvote strikes the node's next prepare: armed while transactions
+    # are still being submitted, or it would rarely meet one.
+    at_s = draw(SUBMIT_TIMES_S if kind == "crashvote" else TIMES_S)
     if kind in NODE_FAULTS:
         return Fault(at_s, kind, nodes=(draw(st.sampled_from(names)),))
     if kind == "part":

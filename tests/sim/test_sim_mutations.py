@@ -15,7 +15,7 @@ import pytest
 from dtxn.protocols.effects import Effect, ForceLog, InvokeResource, ResourceOp, Send
 from dtxn.protocols.messages import Protocol, VoteCast
 from dtxn.protocols.twopc import DECISION_TIMER, PartState, TwoPCCoordinator, TwoPCParticipant
-from dtxn.runtime.sim import Scenario, SimulationFailure, check, failing
+from dtxn.runtime.sim import Scenario, SimulationFailure, check, failing, random_scenario
 from dtxn.testing import scenarios
 from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis.errors import NoSuchExample
@@ -57,6 +57,16 @@ class AbortOnTimeout(TwoPCParticipant):
         return super()._on_timer(name)
 
 
+class ForgetsAbortCutOffByCrash(TwoPCParticipant):
+    """After a crash, ends a transaction it aborted on inquiry while preparing without
+    applying the abort the crash cut off (issue 14, finding 1): its resource keeps the
+    prepared branch of a transaction its log says aborted."""
+
+    def _resume(self) -> list[Effect]:
+        self.abort_unapplied = False
+        return super()._resume()
+
+
 def swap(coordinator: type | None = None, participant: type | None = None) -> Callable[[Any], Any]:
     def factory(machine: Any) -> Any:
         if coordinator is not None and type(machine) is TwoPCCoordinator:
@@ -90,7 +100,7 @@ def caught(factory: Callable[[Any], Any], codes: set[str]) -> Scenario:
 
 def test_the_unmutated_protocol_passes_the_same_search() -> None:
     with pytest.raises(NoSuchExample):
-        caught(swap(), {"S1", "S2", "S3", "S4", "S5", "C", "L"})
+        caught(swap(), {"S1", "S2", "S3", "S4", "S5", "C", "L", "R"})
 
 
 def test_a_coordinator_that_sends_commit_before_forcing_it_is_caught() -> None:
@@ -106,6 +116,28 @@ def test_a_participant_that_votes_yes_before_forcing_prepared_is_caught() -> Non
 
 def test_a_2pc_participant_that_aborts_on_timeout_while_prepared_is_caught() -> None:
     caught(swap(participant=AbortOnTimeout), {"S5", "S1"})
+
+
+SWEEP_MAX = 400
+
+
+def swept(factory: Callable[[Any], Any], codes: set[str], protocol: str = "2pc") -> Scenario:
+    """The first of `dtxn simulate`'s random schedules (seeds 0..SWEEP_MAX) that breaks
+    one of `codes`: the sweep a user runs, rather than hypothesis' search."""
+    for seed in range(SWEEP_MAX):
+        scenario = random_scenario(seed, protocol=protocol)
+        if any(v.code in codes for v in failing(scenario, machine_factory=factory)):
+            return scenario
+    raise AssertionError(f"no schedule of {SWEEP_MAX} broke {codes}")
+
+
+def test_a_participant_that_loses_an_abort_cut_off_by_a_crash_is_caught() -> None:
+    # The crashvote fault: a prepare applies, lingers until a peer asks (the
+    # participant aborts from PREPARING), then the node crashes before its vote
+    # is handled. Without reapplying that abort, the branch stays prepared.
+    scenario = swept(swap(participant=ForgetsAbortCutOffByCrash), {"R"})
+    assert any(f.kind == "crashvote" for f in scenario.faults)
+    assert not failing(scenario)  # the real participant passes the same schedule
 
 
 def test_the_minimal_schedule_for_a_mutant_replays_to_the_same_failure() -> None:

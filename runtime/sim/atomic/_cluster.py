@@ -35,7 +35,6 @@ from dtxn.runtime.sim.atomic._hooks import (
     RuntimeHook,
     ScriptedResource,
     SimCoordinatorHost,
-    install_machine_factory,
 )
 from dtxn.runtime.sim.atomic._scenario import COORDINATOR_NODE, Fault, Scenario, TxnSpec
 from dtxn.runtime.sim.invariants import Checker
@@ -47,6 +46,9 @@ RESOURCE = "r"
 SIM_TIMEOUTS = Timeouts(votes_s=1.0, acks_s=0.3, decision_s=0.5, retry_max_s=2.0)
 LIVENESS_BOUND_S = 120.0
 SETTLE_S = 1.0
+# `crashvote`: how long an applied prepare lingers before its node crashes;
+# past the decision timeout, so prepared peers ask it (and it answers "abort").
+CRASH_VOTE_LINGER_S = 0.8
 POLL_S = 0.25
 
 
@@ -112,6 +114,25 @@ class SimCluster(TracedRun):
         self.checker.now_s = self.now()
         self.checker.on_applied(pid, txid, op)
 
+    def held(self, pid: str, txid: str) -> None:
+        self.checker.on_held(pid, txid)
+
+    def holding(self, pid: str) -> list[str]:
+        return self.checker.holding(pid)
+
+    def crash_after_prepare(self, pid: str) -> float | None:
+        node = self.nodes.get(pid.rpartition("@")[2])
+        if node is None or node.crash_at != "vote":
+            return None
+        node.crash_at = None
+        return CRASH_VOTE_LINGER_S
+
+    def crash_pid(self, pid: str) -> None:
+        node = self.nodes.get(pid.rpartition("@")[2])
+        if node is not None:
+            self.note("crashvote", node.name)
+            self.crash(node)
+
     def _tracer(self, txid: str, actor: str, what: str, detail: Any) -> None:
         if what == "timer":
             self.note("timer", (actor, txid, detail))
@@ -152,6 +173,7 @@ class SimCluster(TracedRun):
         rt.on_trace(self._tracer)
         if self.machine_factory is not None:
             rt.coordinator = SimCoordinatorHost(rt, node.name, self.machine_factory)
+            rt.machine_factory = self.machine_factory  # participants, recovered ones too
         if self.runtime_hook is not None:
             self.runtime_hook(rt)
         node.stop = asyncio.Event()
@@ -163,8 +185,6 @@ class SimCluster(TracedRun):
     async def _host(self, node: _Node, rt: Runtime, started: asyncio.Event) -> None:
         try:
             async with rt:
-                if self.machine_factory is not None:
-                    install_machine_factory(rt, self.machine_factory)
                 node.rt = rt
                 started.set()
                 await node.stop.wait()
@@ -301,12 +321,13 @@ def bind_fault(sim: SimCluster, fault: Fault) -> Callable[[], Any]:
             return None
         if fault.kind == "restart":
             return _restart_all(sim, fault.nodes)
-        if fault.kind in ("crashforce", "crashforced"):
+        if fault.kind in ("crashforce", "crashforced", "crashvote"):
+            armed = {"crashforce": "force", "crashforced": "forced", "crashvote": "vote"}
             for name in fault.nodes:
                 node = sim.nodes.get(name)
                 if node is not None and node.up:
                     sim.note(fault.kind, name)
-                    node.crash_at = "force" if fault.kind == "crashforce" else "forced"
+                    node.crash_at = armed[fault.kind]
             return None
         if fault.kind in ("stall", "resume", "fsyncfail"):
             for name in fault.nodes:

@@ -8,16 +8,16 @@ commit and abort; a `MachineFactory` swaps each protocol machine for another
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from dtxn.protocols.messages import Protocol, Vote
-from dtxn.runtime._runtime import Runtime
+from dtxn.protocols.messages import Vote
+from dtxn.runtime._runtime import Runtime, UnknownTransaction
 from dtxn.runtime.hosting import Machine
 from dtxn.runtime.hosting.coordinator import CoordinatorHost
-from dtxn.runtime.hosting.participant import ParticipantHost
-from dtxn.runtime.resource import Resource
+from dtxn.runtime.resource import Recoverable, Resource
 
 __all__ = [
     "MachineFactory",
@@ -26,7 +26,6 @@ __all__ = [
     "RuntimeHook",
     "ScriptedResource",
     "SimCoordinatorHost",
-    "install_machine_factory",
 ]
 
 
@@ -34,6 +33,18 @@ class AppliedSink(TypingProtocol):
     """Where a `RecordingResource` reports what it applied (the simulation)."""
 
     def applied(self, pid: str, txid: str, op: str) -> None: ...
+
+    def held(self, pid: str, txid: str) -> None: ...
+
+    def crash_after_prepare(self, pid: str) -> float | None:
+        """How long a prepare at `pid` lingers before its node crashes, if armed (disarms)."""
+        ...
+
+    def crash_pid(self, pid: str) -> None: ...
+
+    def holding(self, pid: str) -> list[str]:
+        """The txids whose prepared branch `pid`'s resource still holds."""
+        ...
 
 
 class ScriptedResource:
@@ -62,7 +73,12 @@ class ScriptedResource:
 
 
 class RecordingResource:
-    """Wraps a node's resource so the checkers see every applied commit and abort."""
+    """Wraps a node's resource so the checkers see every applied prepare, commit and abort.
+
+    It is also where the `crashvote` fault strikes: a prepare that applied
+    lingers (its peers time out and ask this node) and then the node crashes
+    before the vote reaches its participant machine.
+    """
 
     def __init__(self, inner: Resource, pid: str, sim: AppliedSink) -> None:
         self.inner = inner
@@ -70,7 +86,28 @@ class RecordingResource:
         self.sim = sim
 
     async def prepare(self, txid: str, payload: Any) -> Vote:
-        return await self.inner.prepare(txid, payload)
+        vote = await self.inner.prepare(txid, payload)
+        if vote is Vote.YES:
+            self.sim.held(self.pid, txid)
+        linger_s = self.sim.crash_after_prepare(self.pid)
+        if linger_s is not None:
+            await asyncio.sleep(linger_s)  # noqa: TID251 - virtual time
+            self.sim.crash_pid(self.pid)
+            await asyncio.sleep(0)  # noqa: TID251 - the crash cancels this call here
+        return vote
+
+    async def recover(self, runtime: Runtime) -> None:
+        """What a durable resource owes at start (`Recoverable`): roll back every branch
+        it holds that `runtime` knows nothing of (prepared before PREPARED was forced,
+        so never voted YES). A wrapped resource with a `recover` of its own runs that."""
+        if isinstance(self.inner, Recoverable):
+            await self.inner.recover(runtime)
+            return
+        for txid in self.sim.holding(self.pid):
+            try:
+                runtime.status(txid)
+            except UnknownTransaction:
+                await self.abort(txid)
 
     async def commit(self, txid: str) -> None:
         await self.inner.commit(txid)
@@ -98,24 +135,5 @@ class SimCoordinatorHost(CoordinatorHost):
 
     def add(self, txid: str, machine: Machine) -> None:
         super().add(txid, self.factory(machine))
-
-
-class _NewMachine:
-    """`ParticipantHost.new_machine` passed through a `MachineFactory`."""
-
-    def __init__(self, host: ParticipantHost, factory: MachineFactory) -> None:
-        self.original = host.new_machine
-        self.factory = factory
-
-    def __call__(self, txid: str, protocol: Protocol) -> Any:
-        return self.factory(self.original(txid, protocol))
-
-
-def install_machine_factory(rt: Runtime, factory: MachineFactory) -> None:
-    # Participant hosts are built inside `Runtime.__aenter__` with no hook to
-    # choose their class, so their factory method is wrapped on the instance,
-    # right after entering and before any message can reach them.
-    for host in rt.participants.values():
-        host.new_machine = _NewMachine(host, factory)  # type: ignore[method-assign]
 
 

@@ -44,7 +44,14 @@ VOTE_LETTERS = {vote: code for code, vote in VOTE_CODES.items()}
 # `crashforce` and `crashforced` arm a crash at a boundary: when the node next
 # asks for a forced write (the record is lost), or right after one becomes
 # durable (before the effects that follow it, such as sends, run).
-NODE_FAULTS = ("crash", "restart", "stall", "resume", "fsyncfail", "crashforce", "crashforced")
+# `crashvote` arms one at the resource boundary: the node's next prepare
+# applies, lingers past its peers' decision timeout (they ask it, and it
+# answers "abort" from PREPARING), then the node crashes before the vote
+# reaches its machine, as a slow participant killed mid-vote would.
+NODE_FAULTS = (
+    "crash", "restart", "stall", "resume", "fsyncfail", "crashforce", "crashforced",
+    "crashvote",
+)
 FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
 
 
@@ -188,11 +195,14 @@ def random_scenario(
     events: list[Fault] = []
     for _ in range(faults):
         at_s = round(rng.uniform(0, 2.0), 3)
-        kinds = ["crash", "crash", "crashforce", "crashforced", "restart"]
+        kinds = ["crash", "crash", "crashforce", "crashforced", "crashvote", "restart"]
         kinds += ["part", "heal"] if partitions else []
         if storage:
             kinds += ["stall", "resume", "fsyncfail"]
         kind = rng.choice(kinds)
+        if kind == "crashvote":
+            # Armed while transactions are being submitted (it strikes a prepare).
+            at_s = round(rng.uniform(0, 0.5), 3)
         if kind in NODE_FAULTS:
             events.append(Fault(at_s, kind, nodes=(rng.choice(names),)))
         elif kind == "part":
@@ -227,7 +237,7 @@ def fail_stop(events: list[Fault], specs: list[TxnSpec]) -> list[Fault]:
     for fault in events:
         if fault.kind in ("restart", "stall", "resume"):
             continue
-        if fault.kind in ("crash", "fsyncfail", "crashforce", "crashforced"):
+        if fault.kind in ("crash", "fsyncfail", "crashforce", "crashforced", "crashvote"):
             after = down | set(fault.nodes)
             if any(group <= after for group in groups):
                 continue
