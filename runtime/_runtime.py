@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +44,7 @@ from dtxn.protocols.records import CoordChose
 from dtxn.protocols.saga import SagaDefinition, SagaReport
 from dtxn.runtime import otel
 from dtxn.runtime._stats import Counters, TxnStatistics
+from dtxn.runtime.caps import MAX_TIMEOUT_S, check_max_timeout, check_timeouts
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.hosting import (
     FINISHED_REMEMBERED,
@@ -59,7 +61,7 @@ from dtxn.runtime.hosting.saga_steps import ActorStep, step_function
 from dtxn.runtime.hosting.sagas import SAGA_ACTOR, SagaHost, SagaOutcome, StepFn
 from dtxn.runtime.observe import TraceEvent, TraceStream, describe
 from dtxn.runtime.resource import Recoverable, Resource
-from dtxn.runtime.transport import Address, InProcessTransport, Transport
+from dtxn.runtime.transport import Address, InProcessTransport, Transport, UnknownNode
 from dtxn.runtime.transport.limits import Budget, LogLimiter
 from dtxn.runtime.wal import Durability, WalError, WalStore, make_wal, parse_durability
 
@@ -101,6 +103,15 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
     undeliverable: int
 
 
+# What a caller-chosen transaction id may be: it names WAL records, log lines
+# and replies, so it is bounded and printable.
+TXID_MAX = 128
+_TXID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{TXID_MAX}}}")
+# Every transport that encodes (in-process with encode=True, NATS) uses
+# msgspec's default msgpack encoder: payloads are checked with the same.
+_PAYLOAD_ENCODER = msgspec.msgpack.Encoder()
+
+
 def parse_pid(pid: str) -> Address:
     actor, sep, node = pid.partition("@")
     if not sep or not actor or not node:
@@ -130,6 +141,7 @@ class Runtime:
         telemetry: bool | None = None,
         tracer_provider: TracerProvider | None = None,
         remember_ended: int = FINISHED_REMEMBERED,
+        max_timeout_s: float = MAX_TIMEOUT_S,
     ) -> None:
         if not isinstance(node, str) or not node or "@" in node:
             raise ConfigError(f"node name must be a non-empty str without '@', got {node!r}")
@@ -142,8 +154,13 @@ class Runtime:
             )
             wal = make_wal(wal_path, durability=mode, node=node)
         self.wal: WalStore = wal
-        self.timeouts = timeouts or Timeouts()
-        _check_timeouts(self.timeouts)
+        # No transaction started here may ask for a longer timeout (`transact`).
+        self.max_timeout_s = check_max_timeout(max_timeout_s, "max_timeout_s")
+        self.timeouts = Timeouts() if timeouts is None else timeouts
+        try:
+            check_timeouts(self.timeouts, self.max_timeout_s, "timeouts")
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(resource_concurrency, int) or resource_concurrency < 1:
             raise ConfigError(
                 f"resource_concurrency must be an int >= 1, got {resource_concurrency!r}"
@@ -413,28 +430,25 @@ class Runtime:
                 raise ConfigError(
                     f"unknown protocol {protocol!r}; choose '2pc', '3pc' or 'auto'"
                 ) from None
+        # Everything is checked before anything is sent or logged: a call that
+        # raises here has changed nothing (no PREPARE out, no lock anywhere).
         given: tuple[Any, ...]
         if type(participants) is dict:
             # The usual call: a dict, read without building its items.
             given = tuple(participants)
             payloads = tuple(participants.values())
         else:
-            items = list(
-                participants.items() if isinstance(participants, Mapping) else participants
-            )
-            given = tuple(str(pid) for pid, _ in items)
-            payloads = tuple(payload for _, payload in items)
+            given, payloads = _participant_items(participants)
         if not given:
             raise TransactionError("a transaction needs at least one participant")
         checked = self._checked_pids.get(given)
         if checked is not None:
             pids = checked
         else:
-            pids = tuple(str(pid) for pid in given)
-            for pid in pids:
-                parse_pid(pid)
+            pids = tuple(_participant_pid(pid) for pid in given)
             if len(set(pids)) != len(pids):
                 raise TransactionError(f"participants listed twice in {list(pids)!r}")
+            self._check_nodes_known(pids)
             if len(self._checked_pids) >= CHECKED_PIDS_MAX:
                 self._checked_pids.clear()
             self._checked_pids[given] = pids
@@ -443,11 +457,21 @@ class Runtime:
             choice = _choose(pids, requirements, capabilities)
             proto = Protocol(choice.protocol)
         if timeouts is not None:
-            _check_timeouts(timeouts)
+            check_timeouts(timeouts, self.max_timeout_s, "timeouts")
         if txid is None:
             txid = self.new_txid()
-        elif txid in self.coordinator.txns or txid in self.coordinator.finished:
-            raise TransactionError(f"transaction id {txid!r} was already used on {self.node!r}")
+        else:
+            _check_txid(txid)
+            if txid in self.coordinator.txns or txid in self.coordinator.finished:
+                raise TransactionError(
+                    f"transaction id {txid!r} was already used on {self.node!r}"
+                )
+        if not isinstance(cooperative, bool):
+            raise TypeError(f"cooperative must be a bool, got {cooperative!r}")
+        if getattr(self.transport, "encode", True) is not False:
+            # Only where payloads cross a wire codec (NATS, an encoding
+            # in-process transport): without one any object may be a payload.
+            _check_payloads(pids, payloads)
         telemetry = self._otel
         if telemetry is not None and not telemetry.live():
             # No SDK provider: the spans would be no-ops, so none are started.
@@ -486,6 +510,23 @@ class Runtime:
         telemetry.end(txid, outcome.outcome.value, outcome.reason, None)
         self._retrace()
         return outcome
+
+    def _check_nodes_known(self, pids: tuple[str, ...]) -> None:
+        """Raise `UnknownNode` for a participant's node the transport knows is not there.
+
+        Only where the transport can know: an in-process transport knows every
+        node ever attached to it, NATS its configured peers; others say nothing.
+        """
+        knows = getattr(self.transport, "knows_node", None)
+        if knows is None:
+            return
+        for pid in pids:
+            node = pid.partition("@")[2]
+            if knows(node) is False:
+                raise UnknownNode(
+                    f"participant {pid!r}: node {node!r} is unknown to this node's transport "
+                    f"({type(self.transport).__name__}); nothing was sent"
+                )
 
     def _owns_choice(self, txid: str, lsn: int) -> None:
         """Count the choice record among the coordinator's, so compaction drops it."""
@@ -981,11 +1022,67 @@ def _host_factory(host: MachineHost) -> Callable[[], HostActor]:
     return lambda: HostActor(host)
 
 
-def _check_timeouts(timeouts: Timeouts) -> None:
-    for field in timeouts.__struct_fields__:
-        value = getattr(timeouts, field)
-        if not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"timeout {field} must be a number > 0, got {value!r}")
+def _participant_items(
+    participants: object,
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(pids as given, payloads) of a mapping or an iterable of (pid, payload) pairs."""
+    if isinstance(participants, Mapping):
+        return tuple(participants), tuple(participants.values())
+    if isinstance(participants, str | bytes) or not isinstance(participants, Iterable):
+        raise TypeError(
+            "participants must map 'actor@node' to payloads, or be (pid, payload) pairs; "
+            f"got {type(participants).__name__} {participants!r}"
+        )
+    pids: list[Any] = []
+    payloads: list[Any] = []
+    for item in participants:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise TypeError(f"participants must be (pid, payload) pairs, got {item!r}")
+        pids.append(_participant_pid(item[0]))  # here, before it is hashed
+        payloads.append(item[1])
+    return tuple(pids), tuple(payloads)
+
+
+def _participant_pid(given: object) -> str:
+    """`actor@node` for a participant given as such a str or as an `Address`."""
+    if isinstance(given, Address):
+        pid = str(given)
+    elif isinstance(given, str):
+        pid = given
+    else:
+        raise TypeError(
+            f"participant {given!r} must be an 'actor@node' str or an Address, "
+            f"not {type(given).__name__}"
+        )
+    actor, _, node = pid.partition("@")
+    if pid.count("@") != 1 or not actor or not node:
+        raise TransactionError(
+            f"participant {pid!r} must be written 'actor@node' (exactly one '@')"
+        )
+    return pid
+
+
+def _check_txid(txid: object) -> None:
+    if not isinstance(txid, str):
+        raise TypeError(f"txid must be a str, got {type(txid).__name__} {txid!r}")
+    if not _TXID_RE.fullmatch(txid):
+        raise TransactionError(
+            f"txid {txid[:TXID_MAX + 1]!r} must be 1-{TXID_MAX} of letters, digits "
+            "and _ . : -"
+        )
+
+
+def _check_payloads(pids: tuple[str, ...], payloads: tuple[Any, ...]) -> None:
+    """Encode every payload as the wire will, so none fails after another was sent."""
+    for pid, payload in zip(pids, payloads, strict=True):
+        try:
+            _PAYLOAD_ENCODER.encode(payload)
+        except (TypeError, ValueError, OverflowError, RecursionError,
+                msgspec.EncodeError) as exc:
+            raise TypeError(
+                f"the payload for participant {pid!r} cannot be encoded for the wire "
+                f"(msgpack): {exc}; nothing was sent"
+            ) from exc
 
 
 def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

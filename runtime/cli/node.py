@@ -138,10 +138,16 @@ async def submit(
     client: str,
     txid: str | None = None,
     protocol: str = "2pc",
+    timeouts: Timeouts | None = None,
     timeout_s: float = 10.0,
 ) -> TransactReply:
-    """Ask node `coordinator`'s gateway to run a transaction; `client` names the asker."""
-    request = TransactRequest(participants, protocol, txid)
+    """Ask node `coordinator`'s gateway to run a transaction; `client` names the asker.
+
+    `timeouts` (default: the node's) must each be at most the node's
+    `max_timeout_s`, else the reply is a `RemoteError` with `error_type`
+    "ConfigError" and nothing was started.
+    """
+    request = TransactRequest(participants, protocol, txid, timeouts)
     reply: TransactReply = await transport.ask(
         Address(coordinator, GATEWAY), request, timeout_s=timeout_s,
         reply_type=TransactReply, from_node=client,
@@ -181,6 +187,7 @@ async def _run_node(
             resources=resources,
             timeouts=config.timeouts,
             resource_concurrency=config.node.resource_concurrency,
+            max_timeout_s=config.node.max_timeout_s,
         )
     )
     if config.gateway.enabled:

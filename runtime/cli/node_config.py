@@ -4,6 +4,7 @@
     name = "bank-a"
     wal = "bank-a.wal"             # relative paths are relative to this file
     durability = "full"            # full | normal | memory
+    max_timeout_s = 60.0           # the longest timeout a transaction may ask for
 
     [nats]
     servers = ["nats://127.0.0.1:4222"]
@@ -15,7 +16,7 @@
     nodes = ["coord", "bank-b"]
     coordinators = ["coord"]       # only these may send PREPARE
 
-    [timeouts]                     # optional; seconds
+    [timeouts]                     # optional; seconds, each at most max_timeout_s
     votes_s = 5.0
 
     [gateway]                      # optional: accept transactions from NATS clients
@@ -41,6 +42,7 @@ from typing import Any
 import msgspec
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Timeouts
+from dtxn.runtime.caps import MAX_TIMEOUT_S, check_max_timeout, check_timeouts
 from dtxn.runtime.wal import parse_durability
 
 RESOURCE_KINDS = ("postgres", "sqlite", "python")
@@ -63,6 +65,9 @@ class NodeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     wal: str
     durability: str = "full"
     resource_concurrency: int = 64
+    # No transaction this node coordinates (a gateway client's included) may
+    # ask for a longer timeout; see `dtxn.runtime.caps`.
+    max_timeout_s: float = MAX_TIMEOUT_S
 
 
 class PeersSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -136,9 +141,11 @@ def check(config: NodeConfig, where: str) -> None:
         raise ConfigError(f"{where}: [node] durability: {exc}") from None
     if not config.nats.servers:
         raise ConfigError(f"{where}: [nats] servers must list at least one URL")
-    for name, value in msgspec.structs.asdict(config.timeouts).items():
-        if not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{where}: [timeouts] {name} must be a positive number")
+    cap = check_max_timeout(config.node.max_timeout_s, f"{where}: [node] max_timeout_s")
+    try:
+        check_timeouts(config.timeouts, cap, "[timeouts]")
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     seen: set[str] = set()
     for index, resource in enumerate(config.resources):
         label = f"{where}: [[resources]] #{index + 1} ({resource.name!r})"

@@ -22,6 +22,7 @@ registered (which must happen before the runtime starts, for recovery).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -98,6 +99,12 @@ def step_function(
                 f"saga step {name!r}: expected an async callable, an ActorStep, 'actor@node', "
                 f"an Address or an ActorRef, got {given!r}"
             )
+        if not _is_async(given):
+            raise ConfigError(
+                f"saga step {name!r}: {given!r} is a plain (sync) callable; a step must be "
+                "an async function (`async def step(call: StepCall)`) or an object with "
+                "an `async def __call__`"
+            )
         fn: StepFn = given
         return fn
     target, timeout_s = given.target, given.timeout_s
@@ -116,6 +123,14 @@ def step_function(
         )
     asker: _Asker = transport  # type: ignore[assignment]
     return _ask_remote(asker, target, node, timeout_s)
+
+
+def _is_async(given: object) -> bool:
+    """Whether calling `given` makes a coroutine: an async function (or a partial of
+    one) or an object whose `__call__` is one."""
+    return inspect.iscoroutinefunction(given) or inspect.iscoroutinefunction(
+        getattr(given, "__call__", None)  # noqa: B004 - the method itself is inspected
+    )
 
 
 def _ask_local(ref: Callable[[], ActorRef[Any]], timeout_s: float) -> StepFn:

@@ -100,7 +100,10 @@ class SagaHost(MachineHost):
         self.pool = pool
         self.random = random
         self.definitions: dict[tuple[str, int], SagaDefinition] = {}
-        self.steps: dict[str, StepFn] = {}
+        # Per definition (name, version): each action and compensation name ->
+        # its callable. Two sagas, or two versions of one, may use one name
+        # for different code, and each runs its own.
+        self.step_tables: dict[tuple[str, int], dict[str, StepFn]] = {}
         self.waiting: dict[str, asyncio.Future[SagaOutcome]] = {}
         self.ended: OrderedDict[str, SagaOutcome] = OrderedDict()
         # How many ended sagas are remembered (and keep a tombstone record in
@@ -111,19 +114,48 @@ class SagaHost(MachineHost):
 
     # -- registration --------------------------------------------------------------
 
+    def check_definition(self, definition: SagaDefinition) -> None:
+        """Raise `ConfigError` if `definition` is malformed."""
+        SagaOrchestrator("validate", definition)
+
     def register(self, definition: SagaDefinition, steps: Mapping[str, StepFn]) -> None:
-        """Make `definition` runnable here, with a callable for every action/compensation."""
-        SagaOrchestrator("validate", definition)  # raises ConfigError if it is malformed
+        """Make `definition` runnable here, with a callable for every action/compensation.
+
+        A name `steps` leaves out is taken from earlier registrations on this
+        node if they all agree on its callable. Nothing changes on an error.
+        """
+        if not isinstance(definition, SagaDefinition):
+            raise TypeError(f"a saga definition must be a SagaDefinition, got {definition!r}")
+        self.check_definition(definition)  # raises ConfigError if it is malformed
+        key = (definition.name, definition.version)
+        where = f"saga {definition.name!r} v{definition.version}"
+        known = self.definitions.get(key)
+        if known is not None and known != definition:
+            raise ConfigError(
+                f"{where} is already registered here with other steps; a changed "
+                "definition needs a new version (register both while old sagas run)"
+            )
         names = {s.action for s in definition.steps}
         names |= {s.compensation for s in definition.steps if s.compensation}
-        missing = sorted(names - set(steps) - set(self.steps))
+        table = {name: steps[name] for name in names if name in steps}
+        missing: list[str] = []
+        for name in sorted(names - set(table)):
+            earlier = {id(t[name]): t[name] for t in self.step_tables.values() if name in t}
+            if len(earlier) > 1:
+                raise ConfigError(
+                    f"{where}: {name!r} is registered with {len(earlier)} different "
+                    "callables by other sagas here; give this saga its own"
+                )
+            if earlier:
+                table[name] = next(iter(earlier.values()))
+            else:
+                missing.append(name)
         if missing:
             raise ConfigError(
-                f"saga {definition.name!r} v{definition.version}: no callable registered "
-                f"for {', '.join(map(repr, missing))}"
+                f"{where}: no callable registered for {', '.join(map(repr, missing))}"
             )
-        self.definitions[(definition.name, definition.version)] = definition
-        self.steps.update(steps)
+        self.definitions[key] = definition
+        self.step_tables[key] = table
 
     def machine_for(self, saga_id: str, name: str, version: int) -> SagaOrchestrator:
         definition = self.definitions.get((name, version))
@@ -174,7 +206,7 @@ class SagaHost(MachineHost):
 
     def on_effect(self, txid: str, effect: Effect) -> bool:
         if isinstance(effect, InvokeStep):
-            self.pool.submit_call(self._invoke_bound, effect, None)
+            self.pool.submit_call(self._invoke_bound, effect, self._step_fn(txid, effect.name))
             return True
         if isinstance(effect, ReportStuck):
             self.services.counters.stuck += 1
@@ -221,8 +253,14 @@ class SagaHost(MachineHost):
         if reply is not None and not reply.done():
             reply.set_result(outcome)
 
-    async def _invoke(self, effect: InvokeStep, _: None) -> None:
-        fn = self.steps[effect.name]
+    def _step_fn(self, saga_id: str, name: str) -> StepFn:
+        """The callable the definition of live saga `saga_id` registered for `name`."""
+        machine = self.txns[saga_id].machine
+        assert isinstance(machine, SagaOrchestrator)
+        definition = machine.definition
+        return self.step_tables[(definition.name, definition.version)][name]
+
+    async def _invoke(self, effect: InvokeStep, fn: StepFn) -> None:
         call = StepCall(
             effect.saga_id, effect.step, effect.op, effect.attempt, effect.payload, effect.results
         )

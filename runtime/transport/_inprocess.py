@@ -102,6 +102,7 @@ class InProcessTransport:
     def __init__(self, *, encode: bool = False) -> None:
         self._encode = encode
         self._ports: dict[str, NodePort] = {}
+        self._known: set[str] = set()  # every node ever attached (see `knows_node`)
         # Runtimes on this transport cache routes straight to the mailboxes of
         # local actors (see `Runtime.send_nowait`); each registers a hook here
         # that empties its cache, called whenever a node attaches or detaches
@@ -144,6 +145,7 @@ class InProcessTransport:
         if port.node in self._ports:
             raise DtxnError(f"node {port.node!r} is already attached to this transport")
         self._ports[port.node] = port
+        self._known.add(port.node)
         self._changed()
 
     def detach(self, node: str) -> None:
@@ -156,6 +158,12 @@ class InProcessTransport:
     def port(self, node: str) -> NodePort | None:
         """The attached node named `node`, if any."""
         return self._ports.get(node)
+
+    def knows_node(self, node: str) -> bool:
+        """Whether `node` was ever attached here (a crashed node is still known:
+        it may restart); a transaction with a participant on a node never seen
+        here fails at once (`UnknownNode`) instead of waiting for votes."""
+        return node in self._known
 
     def routable(self) -> bool:
         """Whether a message may bypass `send_nowait` now (no fault hook, no codec)."""

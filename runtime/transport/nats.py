@@ -317,6 +317,13 @@ class NatsTransport:
         if scope is not None:
             scope.cancel()
 
+    def knows_node(self, node: str) -> bool | None:
+        """Whether `node` can take part: True for a node attached here, else whether it
+        is a configured peer; None (cannot know) without `peers`."""
+        if node in self._local_nodes:
+            return True
+        return None if self.peers is None else node in self.peers
+
     def serve(self, node: str, name: str, handler: Handler, request_type: Any = Any) -> None:
         """Answer requests to `name@node` with `await handler(request)` (concurrently)."""
         subject_token("node", node)

@@ -6,13 +6,13 @@ The mutation tests run the simulator with a broken variant (by name, from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from dtxn.protocols.saga import SagaDefinition, SagaOrchestrator
 from dtxn.protocols.saga.barrier import BarrierDecision, BarrierRow, decide
 from dtxn.protocols.saga.records import StepOp
-from dtxn.runtime.hosting.sagas import SagaHost, StepFn
+from dtxn.runtime.hosting.sagas import SagaHost
 
 __all__ = [
     "BARRIERS",
@@ -34,15 +34,12 @@ class SimSagaHost(SagaHost):
     factory: OrchestratorFactory
     validated: set[SagaDefinition]  # shared by every incarnation of one simulation
 
-    def register(self, definition: SagaDefinition, steps: Mapping[str, StepFn]) -> None:
+    def check_definition(self, definition: SagaDefinition) -> None:
         # Validating a definition costs more than booting a saga; a restart
         # registers the very same (frozen) definitions again, so check each once.
         if definition not in self.validated:
-            super().register(definition, steps)
+            super().check_definition(definition)
             self.validated.add(definition)
-            return
-        self.definitions[(definition.name, definition.version)] = definition
-        self.steps.update(steps)
 
     def machine_for(self, saga_id: str, name: str, version: int) -> SagaOrchestrator:
         machine = super().machine_for(saga_id, name, version)
