@@ -551,13 +551,30 @@ class TwoPCParticipant:
         raise ProtocolError(f"participant of {self.txid!r} recovered with no records")
 
 
-def answer_for_unknown_coordinator(txid: str, me: str, message: Message) -> list[Effect]:
-    """A coordinator's answer about a transaction it holds no state for: presumed abort."""
+def answer_for_unknown_coordinator(
+    txid: str, me: str, message: Message, *, presume: bool = True
+) -> list[Effect]:
+    """A coordinator's answer about a transaction it holds no state for: presumed abort.
+
+    With `presume` False (its log may have lost records, so "unknown" may be
+    a decision it forgot) it refuses to guess: an inquiry is answered
+    "unknown", which leaves the asker in doubt, and a late YES vote decides
+    nothing. The host says so loudly.
+    """
     if isinstance(message, VoteCast):
         if message.vote is Vote.YES:
+            if not presume:
+                return [Ignored(f"YES vote from {message.sender!r} for {txid!r}, unknown here, "
+                                "and this log may be short: no abort presumed")]
             return [Send(message.sender, Decision(txid, me, False))]
         return [Ignored(f"late {message.vote.value} vote for a finished transaction")]
     if isinstance(message, DecisionRequest):
+        if not presume:
+            return [
+                Send(message.sender, StatusReply(txid, me, PeerState.UNKNOWN)),
+                Ignored(f"inquiry from {message.sender!r} about {txid!r}, unknown here, and "
+                        "this log may be short: answered unknown, no abort presumed"),
+            ]
         return [Send(message.sender, Decision(txid, me, False))]
     return [Ignored(f"{type(message).__name__} for unknown transaction {txid!r}")]
 

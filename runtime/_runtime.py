@@ -550,6 +550,17 @@ class Runtime:
             self.trace(txid, self.pid(COORDINATOR_ACTOR), "chose", record)
         return lsn
 
+    @property
+    def log_may_be_short(self) -> str | None:
+        """Why this node's WAL may have lost forced records (a damaged sidecar), or None.
+
+        While it is set, this node's coordinator presumes no abort for a
+        transaction it does not know: such inquiries are answered "unknown"
+        and their askers stay in doubt for an operator (docs/wal.md).
+        """
+        reason = getattr(self.wal, "log_may_be_short", None)
+        return reason if isinstance(reason, str) else None
+
     def status(self, txid: str) -> TxnStatus:
         """What this node knows of `txid` (raises `UnknownTransaction` if nothing)."""
         roles: dict[str, str] = {}
@@ -964,6 +975,8 @@ class Runtime:
             wal_largest_batch=wal.largest_batch,
             wal_mean_batch=wal.mean_batch,
             unknown_dropped=c.unknown_dropped,
+            presumptions_refused=c.presumptions_refused,
+            log_may_be_short=self.log_may_be_short,
         )
         return RuntimeStatistics(self.node, self.system.statistics(), txn, self._undeliverable)
 

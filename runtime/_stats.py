@@ -16,6 +16,7 @@ class Counters:
         "ignored",
         "messages_received",
         "messages_sent",
+        "presumptions_refused",
         "resource_retries",
         "started",
         "stuck",
@@ -36,6 +37,7 @@ class Counters:
         self.resource_retries = 0
         self.stuck = 0
         self.unknown_dropped = 0
+        self.presumptions_refused = 0
 
 
 class TxnStatistics(msgspec.Struct, frozen=True):
@@ -66,3 +68,8 @@ class TxnStatistics(msgspec.Struct, frozen=True):
     wal_mean_batch: float
     # Messages about transactions not held here, dropped over their sender's budget.
     unknown_dropped: int = 0
+    # Inquiries about unknown transactions not presumed aborted, because this
+    # node's log may have lost records (`Runtime.log_may_be_short`).
+    presumptions_refused: int = 0
+    # Why this node's log may have lost forced records, or None.
+    log_may_be_short: str | None = None

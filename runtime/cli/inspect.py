@@ -55,7 +55,7 @@ from dtxn.protocols.saga.records import (
     StepSucceededRecord,
 )
 from dtxn.runtime.hosting import LOG_DECODER
-from dtxn.runtime.wal import WalEntry, read_wal
+from dtxn.runtime.wal import WalEntry, accept_loss, read_suspect, read_wal
 
 __all__ = [
     "DecodedRecord",
@@ -70,6 +70,7 @@ __all__ = [
 EXIT_OK = 0
 EXIT_UNKNOWN_TXID = 1
 EXIT_UNREADABLE = 2
+EXIT_LOG_SHORT = 3  # the log may have lost forced records (a damaged sidecar)
 
 
 class _AnyLogEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -374,12 +375,20 @@ def add_inspect_parser(subparsers: Any) -> None:
         description=(
             "Read a node's WAL (read-only: safe while the node runs) and list each transaction"
             " and saga with its role, protocol and state. Exit code 2 if the file cannot be"
-            " read as a dtxn WAL, 1 if --txid names a transaction the WAL does not hold."
+            " read as a dtxn WAL, 1 if --txid names a transaction the WAL does not hold,"
+            " 3 if the log may have lost forced records (a damaged -wal sidecar): then"
+            " its listing may miss decisions, and an operator must resolve what is in"
+            " doubt before clearing the mark with --accept-loss."
         ),
     )
     parser.add_argument("wal", help="the WAL file (a node's SQLite log)")
     parser.add_argument("--txid", help="print this transaction's records in LSN order")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--accept-loss",
+        action="store_true",
+        help="clear the mark a damaged sidecar left (stop the node first; restart it after)",
+    )
 
 
 def run_inspect(
@@ -390,10 +399,26 @@ def run_inspect(
     err = err if err is not None else sys.stderr
     where = os.fspath(args.wal)
     try:
+        if getattr(args, "accept_loss", False):
+            cleared = accept_loss(where)
+            print(
+                f"dtxn inspect: WAL {where}: "
+                + (f"cleared the mark ({cleared})" if cleared else "no mark to clear"),
+                file=err,
+            )
         decoded, summaries = inspect_wal(where)
+        suspect = read_suspect(where)
     except (DtxnError, sqlite3.Error, OSError) as exc:
         print(f"dtxn inspect: error: {exc}", file=err)
         return EXIT_UNREADABLE
+    if suspect is not None:
+        print(
+            f"dtxn inspect: WARNING: WAL {where} may have lost forced records: {suspect}. "
+            "Transactions below may be missing; its node presumes no abort for what it "
+            "does not know (docs/wal.md).",
+            file=err,
+        )
+    done = EXIT_OK if suspect is None else EXIT_LOG_SHORT
     txid: str | None = getattr(args, "txid", None)
     as_json = bool(getattr(args, "json", False))
     if txid is not None:
@@ -412,16 +437,17 @@ def run_inspect(
             print(json.dumps(document, indent=2), file=out)
         else:
             render_records(txid, records, out)
-        return EXIT_OK
+        return done
     if as_json:
         document = {
             "wal": where,
             "records": len(decoded),
             "in_doubt": sum(s.in_doubt for s in summaries),
             "stuck": sum(s.stuck for s in summaries),
+            "log_may_be_short": suspect,
             "transactions": [_plain(s) for s in summaries],
         }
         print(json.dumps(document, indent=2), file=out)
     else:
         render_summary(where, summaries, out)
-    return EXIT_OK
+    return done

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import msgspec
 from dtxn.protocols.effects import Begin, Effect, Outcome
-from dtxn.protocols.messages import Message, Protocol, Timeouts
+from dtxn.protocols.messages import DecisionRequest, Message, Protocol, Timeouts, VoteCast
 from dtxn.protocols.threepc import ThreePCCoordinator
 from dtxn.protocols.twopc import (
     TwoPCCoordinator,
@@ -15,6 +16,8 @@ from dtxn.protocols.twopc import (
     answer_for_unknown_coordinator,
 )
 from dtxn.runtime.hosting._host import HostServices, MachineHost
+
+log = logging.getLogger("dtxn.runtime")
 
 COORDINATOR_ACTOR = "coordinator"
 
@@ -63,7 +66,20 @@ class CoordinatorHost(MachineHost):
         outcome = self.finished.get(message.txid)
         if outcome is not None:
             return answer_for_finished(message.txid, self.me, outcome, message)
-        return answer_for_unknown_coordinator(message.txid, self.me, message)
+        short = self.services.log_may_be_short
+        if short is not None and isinstance(message, DecisionRequest | VoteCast):
+            # Presumed abort is only sound on a log that kept every forced
+            # record; this one may not have, so "unknown" may be a lost commit.
+            self.services.counters.presumptions_refused += 1
+            log.error(
+                "txid=%s %s: %s asks about a transaction this coordinator does not know, "
+                "and its log may be short (%s): NOT presuming abort; it stays in doubt "
+                "until an operator resolves it (docs/wal.md)",
+                message.txid, self.me, message.sender, short,
+            )
+        return answer_for_unknown_coordinator(
+            message.txid, self.me, message, presume=short is None
+        )
 
     def on_decide(self, txid: str, outcome: Outcome, reason: str) -> None:
         counters = self.services.counters

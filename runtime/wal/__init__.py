@@ -6,12 +6,21 @@ records and forces them in batches (group commit). Two backends:
 `SqliteWal` (aiosqlite, WAL journal, `synchronous=FULL` by default) and
 `MemoryWal` (no threads, no files; keeps exactly the committed prefix across
 `crash()`, for the simulator). `read_wal` reads a log file without opening it
-for writing (what `dtxn inspect` uses). The format is in docs/wal.md.
+for writing (what `dtxn inspect` uses). `SqliteWal` scans its `-wal` sidecar
+before SQLite opens it (`scan_sidecar`): a damaged one marks the log as
+possibly short (`read_suspect`, `accept_loss`). The format is in docs/wal.md.
 """
 
 from dtxn.runtime.wal._group_commit import GroupCommitWal, Taken
 from dtxn.runtime.wal._memory import MemoryWal
-from dtxn.runtime.wal._sqlite import SqliteWal, on_sqlite_thread, read_wal
+from dtxn.runtime.wal._sidecar import SidecarScan, scan_sidecar
+from dtxn.runtime.wal._sqlite import (
+    SqliteWal,
+    accept_loss,
+    on_sqlite_thread,
+    read_suspect,
+    read_wal,
+)
 from dtxn.runtime.wal._store import (
     SCHEMA_VERSION,
     Durability,
@@ -32,6 +41,7 @@ __all__ = [
     "Durability",
     "GroupCommitWal",
     "MemoryWal",
+    "SidecarScan",
     "SqliteWal",
     "Taken",
     "WalEntry",
@@ -40,10 +50,13 @@ __all__ = [
     "WalFull",
     "WalStatistics",
     "WalStore",
+    "accept_loss",
     "decode_row",
     "make_wal",
     "on_sqlite_thread",
     "parse_durability",
+    "read_suspect",
     "read_wal",
     "record_checksum",
+    "scan_sidecar",
 ]

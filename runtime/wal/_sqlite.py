@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -35,6 +37,7 @@ import aiosqlite
 import anyio
 from dtxn.protocols.errors import ConfigError, LogCorruptError
 from dtxn.runtime.wal._group_commit import GroupCommitWal, Taken
+from dtxn.runtime.wal._sidecar import scan_sidecar
 from dtxn.runtime.wal._store import (
     LAZY_RECORDS_MAX,
     PENDING_RECORDS_MAX,
@@ -49,7 +52,18 @@ from dtxn.runtime.wal._store import (
     parse_durability,
 )
 
-__all__ = ["SqliteWal", "on_sqlite_thread", "read_wal"]
+__all__ = [
+    "SUSPECT_KEY",
+    "SqliteWal",
+    "accept_loss",
+    "on_sqlite_thread",
+    "read_suspect",
+    "read_wal",
+]
+
+log = logging.getLogger("dtxn.wal")
+# The meta row a damaged sidecar leaves: why the log may be short.
+SUSPECT_KEY = "log_may_be_short"
 
 T = TypeVar("T")
 
@@ -152,8 +166,11 @@ def _check_format(db: sqlite3.Connection, where: str, node: str | None) -> bool:
     return True
 
 
-def _open_sync(db: sqlite3.Connection, where: str, node: str | None, synchronous: str) -> int:
-    """Runs on the connection's thread: check or create the schema; return the highest LSN."""
+def _open_sync(
+    db: sqlite3.Connection, where: str, node: str | None, synchronous: str, damage: str | None
+) -> tuple[int, str | None]:
+    """Runs on the connection's thread: check or create the schema; return the highest
+    LSN and why the log may be short (`damage` found now, or kept from an earlier open)."""
     exists = _check_format(db, where, node)
     # Set before creating the schema, so that the schema itself is durable.
     (mode,) = db.execute("PRAGMA journal_mode=WAL").fetchone()
@@ -173,11 +190,65 @@ def _open_sync(db: sqlite3.Connection, where: str, node: str | None, synchronous
         except BaseException:
             db.rollback()
             raise
+    if damage is not None:
+        # Durable before anything else runs: a crash now must not forget it.
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (SUSPECT_KEY, damage)
+        )
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (SUSPECT_KEY,)).fetchone()
     (seq,) = db.execute(
         "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'records'"
     ).fetchone()
     (top,) = db.execute("SELECT coalesce(max(lsn), 0) FROM records").fetchone()
-    return max(int(seq), int(top))
+    return max(int(seq), int(top)), None if row is None else str(row[0])
+
+
+def _keep_damaged(sidecar: Path) -> Path:
+    """Copy a damaged sidecar aside (SQLite rewrites it once open); return the copy."""
+    for n in itertools.count(1):
+        copy = sidecar.with_name(f"{sidecar.name}.damaged-{n}")
+        if not copy.exists():
+            shutil.copyfile(sidecar, copy)
+            return copy
+    raise AssertionError("unreachable")
+
+
+def _check_sidecar(path: Path, where: str) -> str | None:
+    """Scan the sidecar before SQLite opens it: the reason the log may be short, or None."""
+    scan = scan_sidecar(path)
+    if scan is None or scan.damage is None:
+        return None
+    copy = _keep_damaged(Path(scan.path))
+    reason = (
+        f"the -wal sidecar was damaged when opened: {scan.damage}; SQLite keeps only the "
+        f"{scan.frames} frame(s) before it, so forced records may be lost (copy kept at {copy})"
+    )
+    log.critical(
+        "WAL %s: %s. This node's coordinator presumes no abort until an operator clears "
+        "it (`dtxn inspect %s --accept-loss`, docs/wal.md)", where, reason, where,
+    )
+    return reason
+
+
+def accept_loss(path: str | os.PathLike[str]) -> str | None:
+    """Clear the mark a damaged sidecar left on the WAL at `path`; return what it said.
+
+    For an operator who has resolved (or accepted) every transaction the lost
+    records may have decided; restart the node afterwards, since a running
+    node keeps the mark it opened with.
+    """
+    resolved = _checked_path(path)
+    if not resolved.is_file():
+        raise ConfigError(f"no WAL at {str(resolved)!r}")
+    db = sqlite3.connect(resolved, isolation_level=None)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (SUSPECT_KEY,)).fetchone()
+        db.execute("DELETE FROM meta WHERE key = ?", (SUSPECT_KEY,))
+    except sqlite3.Error as exc:
+        raise WalError(f"WAL {resolved}: clearing the damage mark failed: {exc}") from exc
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
 
 
 @functools.lru_cache(maxsize=_INSERT_ROWS_MAX)
@@ -315,6 +386,8 @@ class SqliteWal(GroupCommitWal):
         self.node = node
         self._busy_timeout_s = busy_timeout_ms / 1000
         self._conn: aiosqlite.Connection | None = None
+        # Why this log may have lost forced records (a damaged sidecar), or None.
+        self.log_may_be_short: str | None = None
         # Lives on the aiosqlite thread; only functions run there touch it.
         self._db: sqlite3.Connection | None = None
 
@@ -331,6 +404,7 @@ class SqliteWal(GroupCommitWal):
     async def _backend_open(self) -> int:
         if not hasattr(aiosqlite.Connection, "_execute"):
             raise WalError(f"this aiosqlite ({aiosqlite.__version__}) lacks Connection._execute")
+        damage = await anyio.to_thread.run_sync(_check_sidecar, self.path, self.where)
         conn = aiosqlite.Connection(self._connect, 64)
         try:
             await conn
@@ -338,10 +412,16 @@ class SqliteWal(GroupCommitWal):
             raise WalError(f"cannot open WAL {self.where}: {exc}") from exc
         self._conn = conn
         open_sync = partial(
-            _open_sync, self._connection()[1], self.where, self.node, _SYNCHRONOUS[self.durability]
+            _open_sync,
+            self._connection()[1],
+            self.where,
+            self.node,
+            _SYNCHRONOUS[self.durability],
+            damage,
         )
         try:
-            return await on_sqlite_thread(conn, open_sync)
+            lsn, self.log_may_be_short = await on_sqlite_thread(conn, open_sync)
+            return lsn
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._backend_close()
@@ -417,3 +497,29 @@ def read_wal(path: str | os.PathLike[str]) -> list[WalEntry]:
                 db.rollback()
     finally:
         db.close()
+
+
+def read_suspect(path: str | os.PathLike[str]) -> str | None:
+    """Why the WAL at `path` may have lost forced records, or None.
+
+    Either the mark an earlier open left (its sidecar was damaged then) or,
+    for a log no node has opened since, damage in its sidecar now. Reads
+    only (a read-only connection; the sidecar is scanned, not touched).
+    """
+    resolved = _checked_path(path)
+    if not resolved.is_file():
+        raise ConfigError(f"no WAL at {str(resolved)!r}")
+    scan = scan_sidecar(resolved)
+    if scan is not None and scan.damage is not None:
+        return (
+            f"the -wal sidecar is damaged: {scan.damage}; a node opening this log keeps only "
+            f"the {scan.frames} frame(s) before it"
+        )
+    db = sqlite3.connect(resolved.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (SUSPECT_KEY,)).fetchone()
+    except sqlite3.Error as exc:
+        raise WalError(f"reading WAL {resolved} failed: {exc}") from exc
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
