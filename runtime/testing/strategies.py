@@ -60,11 +60,13 @@ def _fault(draw: st.DrawFn, participants: int, partitions: bool, storage: bool) 
     kinds = ["crash", "crashforce", "crashforced", "crashvote", "restart"]
     kinds += ["part", "heal"] if partitions else []
     if storage:
-        kinds += ["stall", "resume", "fsyncfail"]
+        kinds += ["stall", "resume", "fsyncfail", "walcut"]
     kind = draw(st.sampled_from(kinds))
     # A crashvote strikes the node's next prepare: armed while transactions
     # are still being submitted, or it would rarely meet one.
     at_s = draw(SUBMIT_TIMES_S if kind == "crashvote" else TIMES_S)
+    if kind == "walcut":
+        return Fault(at_s, kind, nodes=(COORDINATOR_NODE,))  # a coordinator's damaged log
     if kind in NODE_FAULTS:
         return Fault(at_s, kind, nodes=(draw(st.sampled_from(names)),))
     if kind == "part":

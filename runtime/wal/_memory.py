@@ -9,7 +9,9 @@ which is every record some `force` has returned for, and loses the rest.
 Faults for the simulator: `fail_next_commit()` (an fsync error),
 `stall_commits()` / `resume_commits()` (a slow fsync, which also lets a test
 crash in the middle of a commit) and `corrupt(lsn)` (a bit flip, caught by
-the checksum on the next read).
+the checksum on the next read) and `lose_tail()` (a damaged sidecar: the newer
+half of the committed records is gone, and the store marks itself, as
+`SqliteWal`'s sidecar scan does).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class MemoryWal(GroupCommitWal):
         self._crashes = 0
         self._fault: OSError | None = None
         self._stall: asyncio.Event | None = None
+        # Why this log may have lost forced records (set by `lose_tail`), or None.
+        self.log_may_be_short: str | None = None
 
     # -- faults ----------------------------------------------------------------
 
@@ -99,6 +103,31 @@ class MemoryWal(GroupCommitWal):
         stall, self._stall = self._stall, None
         if stall is not None:
             stall.set()
+
+    def lose_tail(self, *, detected: bool = True) -> int:
+        """Drop the newer half of the committed records (at least one), as SQLite does
+        with the frames after a damaged one of its sidecar; return how many.
+
+        With `detected` the store marks itself `log_may_be_short`, as
+        `SqliteWal` does when its scan finds the damage; without, the loss is
+        silent (a lost sidecar). Call it on a crashed store (which refuses
+        writes until it is opened again).
+        """
+        lsns = list(self._durable)
+        lost = lsns[len(lsns) // 2 :]
+        for lsn in lost:
+            txid = self._durable.pop(lsn)[1]
+            kept = [x for x in self._lsns_by_txid.get(txid, []) if x != lsn]
+            if kept:
+                self._lsns_by_txid[txid] = kept
+            else:
+                self._lsns_by_txid.pop(txid, None)
+        if lost and detected:
+            self.log_may_be_short = (
+                f"{len(lost)} committed record(s) from lsn {lost[0]} on were lost "
+                "(a damaged sidecar, simulated)"
+            )
+        return len(lost)
 
     def corrupt(self, lsn: int, *, byte: int = 0) -> None:
         """Flip the bits of one byte of a committed record's data, as a bad sector would."""

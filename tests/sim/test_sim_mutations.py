@@ -16,6 +16,7 @@ from dtxn.protocols.effects import Effect, ForceLog, InvokeResource, ResourceOp,
 from dtxn.protocols.messages import Protocol, VoteCast
 from dtxn.protocols.twopc import DECISION_TIMER, PartState, TwoPCCoordinator, TwoPCParticipant
 from dtxn.runtime.sim import Scenario, SimulationFailure, check, failing, random_scenario
+from dtxn.runtime.wal import MemoryWal
 from dtxn.testing import scenarios
 from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis.errors import NoSuchExample
@@ -121,14 +122,16 @@ def test_a_2pc_participant_that_aborts_on_timeout_while_prepared_is_caught() -> 
 SWEEP_MAX = 400
 
 
-def swept(factory: Callable[[Any], Any], codes: set[str], protocol: str = "2pc") -> Scenario:
-    """The first of `dtxn simulate`'s random schedules (seeds 0..SWEEP_MAX) that breaks
+def swept(
+    factory: Callable[[Any], Any], codes: set[str], protocol: str = "2pc", limit: int = SWEEP_MAX
+) -> Scenario:
+    """The first of `dtxn simulate`'s random schedules (seeds 0..limit) that breaks
     one of `codes`: the sweep a user runs, rather than hypothesis' search."""
-    for seed in range(SWEEP_MAX):
+    for seed in range(limit):
         scenario = random_scenario(seed, protocol=protocol)
         if any(v.code in codes for v in failing(scenario, machine_factory=factory)):
             return scenario
-    raise AssertionError(f"no schedule of {SWEEP_MAX} broke {codes}")
+    raise AssertionError(f"no schedule of {limit} broke {codes}")
 
 
 def test_a_participant_that_loses_an_abort_cut_off_by_a_crash_is_caught() -> None:
@@ -138,6 +141,45 @@ def test_a_participant_that_loses_an_abort_cut_off_by_a_crash_is_caught() -> Non
     scenario = swept(swap(participant=ForgetsAbortCutOffByCrash), {"R"})
     assert any(f.kind == "crashvote" for f in scenario.faults)
     assert not failing(scenario)  # the real participant passes the same schedule
+
+
+def test_a_coordinator_log_that_loses_records_silently_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The walcut fault with the detection taken out: a damaged sidecar SQLite
+    # reads silently, after which presumed abort splits committed transactions.
+    silent = MemoryWal.lose_tail
+
+    def lose_tail_silently(self: MemoryWal, *, detected: bool = True) -> int:
+        return silent(self, detected=False)
+
+    monkeypatch.setattr(MemoryWal, "lose_tail", lose_tail_silently)
+    # Rarer than the others (about 1 schedule in 700 has a participant in doubt
+    # when the cut comes), so the sweep goes further; it stops at the first.
+    scenario = swept(swap(), {"S1", "S6", "C"}, limit=3000)
+    assert any(f.kind == "walcut" for f in scenario.faults)
+    monkeypatch.undo()
+    assert not failing(scenario)  # detected, the same schedule is safe
+
+
+CUT_WHILE_IN_DOUBT = (
+    "2pc n=2 seed=1 drop=0 dup=0 delay=0.001 jitter=0 ; tx@0.1 p1=y ; "
+    "part@0.1025 c,p2|p1 ; walcut@0.2 c ; restart@0.25 c ; heal@0.3"
+)
+
+
+def test_a_cut_log_while_a_participant_is_in_doubt_splits_only_when_undetected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # p1 voted yes; the COMMIT to it is cut off; the coordinator's log loses its
+    # c-commit; p1 asks the restarted coordinator.
+    scenario = Scenario.parse(CUT_WHILE_IN_DOUBT)
+    assert not failing(scenario)  # detected: "unknown", p1 stays in doubt for an operator
+    silent = MemoryWal.lose_tail
+    monkeypatch.setattr(
+        MemoryWal, "lose_tail", lambda self, detected=True: silent(self, detected=False)
+    )
+    assert {"S1", "S6", "C"} <= {v.code for v in failing(scenario)}
 
 
 def test_the_minimal_schedule_for_a_mutant_replays_to_the_same_failure() -> None:

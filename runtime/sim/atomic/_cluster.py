@@ -284,7 +284,7 @@ class SimCluster(TracedRun):
         unfinished = self.unfinished()
         committed = [t for t, o in self.outcomes.items() if o == "committed"]
         self.checker.now_s = self.now()
-        self.checker.finish(committed, unfinished)
+        self.checker.finish(committed, unfinished, self.for_an_operator(unfinished))
 
     async def shutdown(self) -> None:
         for node in self.nodes.values():
@@ -294,6 +294,15 @@ class SimCluster(TracedRun):
         pending = [n.task for n in self.nodes.values() if n.task is not None] + self.clients
         if pending:
             await asyncio.wait(pending)
+
+    def for_an_operator(self, unfinished: dict[str, list[str]]) -> set[str]:
+        """Unfinished txids left in doubt on purpose: their coordinator's log was cut
+        (and knows it), and it does not know them, so it presumes nothing."""
+        coord = self.nodes[COORDINATOR_NODE]
+        if coord.wal.log_may_be_short is None or coord.rt is None:
+            return set()
+        host = coord.rt.coordinator
+        return {t for t in unfinished if t not in host.txns and t not in host.finished}
 
     def unfinished(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
@@ -321,6 +330,14 @@ def bind_fault(sim: SimCluster, fault: Fault) -> Callable[[], Any]:
             return None
         if fault.kind == "restart":
             return _restart_all(sim, fault.nodes)
+        if fault.kind == "walcut":
+            for name in fault.nodes:
+                node = sim.nodes.get(name)
+                if node is not None:
+                    sim.crash(node)
+                    lost = node.wal.lose_tail()
+                    sim.note("walcut", (name, f"{lost} committed record(s) lost, detected"))
+            return None
         if fault.kind in ("crashforce", "crashforced", "crashvote"):
             armed = {"crashforce": "force", "crashforced": "forced", "crashvote": "vote"}
             for name in fault.nodes:

@@ -48,9 +48,12 @@ VOTE_LETTERS = {vote: code for code, vote in VOTE_CODES.items()}
 # applies, lingers past its peers' decision timeout (they ask it, and it
 # answers "abort" from PREPARING), then the node crashes before the vote
 # reaches its machine, as a slow participant killed mid-vote would.
+# `walcut` crashes the node and loses the newer half of its committed log
+# records, as a damaged SQLite sidecar does; the store detects it (as
+# `SqliteWal`'s sidecar scan does) and marks itself. Drawn for the coordinator.
 NODE_FAULTS = (
     "crash", "restart", "stall", "resume", "fsyncfail", "crashforce", "crashforced",
-    "crashvote",
+    "crashvote", "walcut",
 )
 FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
 
@@ -198,12 +201,18 @@ def random_scenario(
         kinds = ["crash", "crash", "crashforce", "crashforced", "crashvote", "restart"]
         kinds += ["part", "heal"] if partitions else []
         if storage:
-            kinds += ["stall", "resume", "fsyncfail"]
+            kinds += ["stall", "resume", "fsyncfail", "walcut"]
         kind = rng.choice(kinds)
         if kind == "crashvote":
             # Armed while transactions are being submitted (it strikes a prepare).
             at_s = round(rng.uniform(0, 0.5), 3)
-        if kind in NODE_FAULTS:
+        elif kind == "walcut":
+            # While transactions may still be in doubt somewhere: that is when a
+            # lost decision matters.
+            at_s = round(rng.uniform(0.1, 1.0), 3)
+        if kind == "walcut":
+            events.append(Fault(at_s, kind, nodes=(COORDINATOR_NODE,)))
+        elif kind in NODE_FAULTS:
             events.append(Fault(at_s, kind, nodes=(rng.choice(names),)))
         elif kind == "part":
             shuffled = names[:]
@@ -237,7 +246,8 @@ def fail_stop(events: list[Fault], specs: list[TxnSpec]) -> list[Fault]:
     for fault in events:
         if fault.kind in ("restart", "stall", "resume"):
             continue
-        if fault.kind in ("crash", "fsyncfail", "crashforce", "crashforced", "crashvote"):
+        if fault.kind in ("crash", "fsyncfail", "crashforce", "crashforced", "crashvote",
+                          "walcut"):
             after = down | set(fault.nodes)
             if any(group <= after for group in groups):
                 continue
