@@ -198,7 +198,9 @@ def choose_protocol(
             "3pc",
             f"{consistency.value} consistency, participants must not block when the"
             " coordinator fails, no partitions expected, and every participant supports"
-            " pre-commit: 3PC (its termination protocol finishes without the coordinator)",
+            " pre-commit: 3PC (its termination protocol finishes without the coordinator;"
+            " safe only while no process pauses and no message is delayed or lost past"
+            " its timeouts)",
             4,
         )
     cannot_compensate = sorted(name for name, caps in parts.items() if not caps.compensation)

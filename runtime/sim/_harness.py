@@ -26,6 +26,7 @@ from dtxn.runtime.sim.invariants import Violation
 from dtxn.runtime.wal import MemoryWal
 
 __all__ = [
+    "PausableClock",
     "ScheduleFailure",
     "SimNode",
     "SweepTally",
@@ -191,6 +192,48 @@ async def play_timeline(now: Callable[[], float],
             await result
 
 
+class PausableClock(Clock):
+    """A node's clock that can freeze: while paused, timers that come due are held
+    (and sleeps do not end); `resume` fires the held ones at once, stale, in order,
+    as a process stopped past its timeouts and then continued does."""
+
+    def __init__(self, *, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._held: list[Callable[[], None]] | None = None
+        self._resumed: asyncio.Event | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self._held is not None
+
+    def pause(self) -> None:
+        if self._held is None:
+            self._held = []
+            self._resumed = asyncio.Event()
+
+    def resume(self) -> None:
+        held, self._held = self._held, None
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.set()
+        for callback in held or ():
+            callback()
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Any:
+        return super().call_later(delay_s, lambda: self._fire(callback))
+
+    def _fire(self, callback: Callable[[], None]) -> None:
+        if self._held is not None:
+            self._held.append(callback)
+        else:
+            callback()
+
+    async def sleep(self, delay_s: float) -> None:
+        await super().sleep(delay_s)
+        while self._resumed is not None:
+            await self._resumed.wait()
+
+
 class SimNode:
     """One simulated machine: its disk (WAL) outlives its runtimes (incarnations)."""
 
@@ -203,15 +246,17 @@ class SimNode:
         self.incarnation = 0
         # "force" or "forced": crash at that trace point of this node (armed fault).
         self.crash_at: str | None = None
+        self.clock: PausableClock | None = None  # the running incarnation's
 
     @property
     def up(self) -> bool:
         return self.rt is not None
 
-    def next_clock(self, seed: int) -> Clock:
+    def next_clock(self, seed: int) -> PausableClock:
         """Count a new incarnation and give it its own clock stream."""
         self.incarnation += 1
-        return Clock(seed=derive_seed(seed, f"clock:{self.name}:{self.incarnation}"))
+        self.clock = PausableClock(seed=derive_seed(seed, f"clock:{self.name}:{self.incarnation}"))
+        return self.clock
 
     def crash(self, *, deferred_disk: bool = False) -> bool:
         """Crash the running incarnation, if any; say whether there was one."""

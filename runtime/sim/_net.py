@@ -103,6 +103,8 @@ class SimTransport:
         # the invariant checkers hook in here (log-before-send).
         self.on_send: list[Callable[[str, Address, object], None]] = []
         self.on_deliver: list[Callable[[Address, object], None]] = []
+        # Paused nodes: messages that reached them wait here, in order.
+        self._held: dict[str, list[tuple[str, Address, object]]] = {}
 
     # -- Transport -------------------------------------------------------------
 
@@ -157,6 +159,19 @@ class SimTransport:
         self._groups = {}
         self._note("heal", "")
 
+    def hold(self, node: str) -> None:
+        """Pause `node`'s inbox: what arrives from now on waits for `release`."""
+        self._held.setdefault(node, [])
+
+    def release(self, node: str, *, deliver: bool = True) -> None:
+        """Resume `node`'s inbox: hand it what waited, in arrival order (or lose it)."""
+        for sender, to, message in self._held.pop(node, []):
+            if deliver:
+                self._deliver(sender, to, message)
+            else:
+                self.lost += 1
+                self._note("lost", Hop(sender, to, message))
+
     def connected(self, a: str, b: str) -> bool:
         groups = self._groups
         return not groups or groups.get(a, 0) == groups.get(b, 0)
@@ -176,6 +191,11 @@ class SimTransport:
             # A partition that formed while the message was in flight cuts it too.
             self.dropped += 1
             self._note("cut", Hop(sender, to, message))
+            return
+        held = self._held.get(to.node)
+        if held is not None:
+            held.append((sender, to, message))
+            self._note("held", Hop(sender, to, message))
             return
         self.delivered += 1
         self._note("deliver", Hop(sender, to, message))

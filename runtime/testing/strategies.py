@@ -58,7 +58,8 @@ def workloads(
 def _fault(draw: st.DrawFn, participants: int, partitions: bool, storage: bool) -> Fault:
     names = node_names(participants)
     kinds = ["crash", "crashforce", "crashforced", "crashvote", "restart"]
-    kinds += ["part", "heal"] if partitions else []
+    # A pause (SIGSTOP past every timeout) is outside 3PC's model, as a partition is.
+    kinds += ["part", "heal", "pause"] if partitions else []
     if storage:
         kinds += ["stall", "resume", "fsyncfail", "walcut"]
     kind = draw(st.sampled_from(kinds))

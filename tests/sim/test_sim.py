@@ -223,6 +223,44 @@ def test_3pc_splits_its_decision_under_a_partition() -> None:
     assert "dtxn replay '3pc n=3" in str(caught.value)
 
 
+PAUSED_PARTICIPANTS = (
+    "{proto} n=3 seed={seed} drop=0 dup=0 delay=0.001 jitter=0 ; tx@0.1 p1=y,p2=y ; "
+    "pause@0.1015 p1 ; pause@0.1015 p2"
+)
+
+
+@pytest.mark.documented_limit
+def test_3pc_splits_its_decision_when_its_participants_pause_past_every_timeout() -> None:
+    """Issue 14, finding 9, reproduced: both participants stop (SIGSTOP) right after
+    voting; the coordinator's PRE-COMMIT acks time out, so it commits ("silent means
+    failed"); the participants resume, the broker having dropped what was in flight,
+    run termination from their stale timers, find each other uncertain (TR3) and
+    abort. 3PC's timeouts are its failure detector: a pause breaks it."""
+    scenario = Scenario.parse(PAUSED_PARTICIPANTS.format(proto="3pc", seed=31))
+    result = run(scenario, raise_on_violation=False)
+    assert "S1" in {v.code for v in result.violations}, result.violations
+    assert "messages lost" in " ".join(str(entry) for entry in result.trace)
+    with pytest.raises(SimulationFailure, match="dtxn replay '3pc n=3"):
+        run(scenario)
+
+
+@pytest.mark.parametrize("seed", [31, 35, 36, 0, 1, 2])
+def test_2pc_keeps_every_invariant_under_the_same_pauses(seed: int) -> None:
+    # Whatever the resume order (messages first, timers first, messages lost).
+    run(Scenario.parse(PAUSED_PARTICIPANTS.format(proto="2pc", seed=seed)))
+
+
+def test_random_2pc_schedules_draw_pauses_and_3pc_ones_do_not() -> None:
+    kinds_2pc = {f.kind for s in range(300) for f in random_scenario(s).faults}
+    kinds_3pc = {f.kind for s in range(300) for f in random_scenario(s, protocol="3pc").faults}
+    assert "pause" in kinds_2pc and "walcut" in kinds_2pc
+    assert "pause" not in kinds_3pc
+    assert "pause" in {
+        f.kind for s in range(300)
+        for f in random_scenario(s, protocol="3pc", pauses=True).faults
+    }
+
+
 # -- layer 4: the checkers ------------------------------------------------------------
 
 

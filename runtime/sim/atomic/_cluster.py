@@ -26,7 +26,14 @@ from dtxn.runtime._runtime import Runtime
 from dtxn.runtime.hosting import LOG_DECODER
 from dtxn.runtime.hosting.coordinator import TxnOutcome
 from dtxn.runtime.resource import Resource
-from dtxn.runtime.sim._harness import SimNode, TracedRun, cancelled_by_crash, play_timeline, stream
+from dtxn.runtime.sim._harness import (
+    PausableClock,
+    SimNode,
+    TracedRun,
+    cancelled_by_crash,
+    play_timeline,
+    stream,
+)
 from dtxn.runtime.sim._net import NetworkFaults, SimTransport
 from dtxn.runtime.sim.atomic._hooks import (
     MachineFactory,
@@ -46,6 +53,10 @@ RESOURCE = "r"
 SIM_TIMEOUTS = Timeouts(votes_s=1.0, acks_s=0.3, decision_s=0.5, retry_max_s=2.0)
 LIVENESS_BOUND_S = 120.0
 SETTLE_S = 1.0
+# `pause`: how long a node stays frozen; past every timeout (SIM_TIMEOUTS,
+# retry_max_s included), so its peers give up on it and its own timers are
+# stale when it resumes.
+PAUSE_S = 3.0
 # `crashvote`: how long an applied prepare lingers before its node crashes;
 # past the decision timeout, so prepared peers ask it (and it answers "abort").
 CRASH_VOTE_LINGER_S = 0.8
@@ -59,6 +70,7 @@ class _Node(SimNode):
         super().__init__(name, wal)
         self.resources = resources
         self.fsync_failures = 0
+        self.paused = False
 
 
 class SimCluster(TracedRun):
@@ -204,6 +216,42 @@ class SimCluster(TracedRun):
     def crash(self, node: _Node, *, deferred_disk: bool = False) -> None:
         if node.crash(deferred_disk=deferred_disk):
             self.note("crash", node.name)
+        if node.paused:
+            # What waited for the paused process dies with it.
+            node.paused = False
+            self.net.release(node.name, deliver=False)
+
+    def pause(self, node: _Node) -> None:
+        """Freeze `node` for PAUSE_S: its inbox, timers and fsyncs wait (SIGSTOP)."""
+        if node.paused or node.clock is None:
+            return
+        node.paused = True
+        self.note("pause", node.name)
+        self.net.hold(node.name)
+        node.clock.pause()
+        node.wal.stall_commits()
+        clock = node.clock
+        asyncio.get_running_loop().call_later(PAUSE_S, self.unpause, node, clock)
+
+    def unpause(self, node: _Node, clock: PausableClock | None) -> None:
+        """SIGCONT: fsyncs finish; the queued messages and the stale timers both go,
+        in an order the seed picks (a resumed process may read its sockets or run its
+        expired timers first), or the messages are lost (a broker drops a client that
+        stopped answering its pings, and with it what was in flight)."""
+        if not node.paused or clock is None or node.clock is not clock:
+            return  # crashed (and maybe restarted) meanwhile
+        node.paused = False
+        node.wal.resume_commits()
+        order = self.rng.choice(("messages first", "timers first", "messages lost"))
+        self.note("resume", (node.name, order))
+        if order == "messages first":
+            self.net.release(node.name)
+            clock.resume()
+        else:
+            clock.resume()
+            # "messages lost": the broker dropped the stopped client's connection
+            # (NATS core delivers at most once) and what was in flight with it.
+            self.net.release(node.name, deliver=order == "timers first")
 
     # -- clients ----------------------------------------------------------------
 
@@ -255,6 +303,11 @@ class SimCluster(TracedRun):
             steps.append((fault.at_s, bind_fault(self, fault)))
         await play_timeline(self.now, steps)
         await asyncio.sleep(SETTLE_S)  # noqa: TID251 - virtual time
+        while any(node.paused for node in self.nodes.values()):
+            # A pause runs its full length in the safety phase (then it settles).
+            await asyncio.sleep(POLL_S)  # noqa: TID251 - virtual time
+            if not any(node.paused for node in self.nodes.values()):
+                await asyncio.sleep(SETTLE_S)  # noqa: TID251 - virtual time
         await self.liveness()
         await self.shutdown()
 
@@ -269,6 +322,9 @@ class SimCluster(TracedRun):
         self.note("liveness", "heal, zero fault rates, restart crashed nodes")
         self.net.heal()
         self.net.faults = NetworkFaults(delay_s=self.scenario.network.delay_s)
+        for node in self.nodes.values():
+            if node.paused:
+                self.unpause(node, node.clock)
         for node in self.nodes.values():
             node.wal.resume_commits()
         down = [node for node in self.nodes.values() if not node.up]
@@ -330,6 +386,12 @@ def bind_fault(sim: SimCluster, fault: Fault) -> Callable[[], Any]:
             return None
         if fault.kind == "restart":
             return _restart_all(sim, fault.nodes)
+        if fault.kind == "pause":
+            for name in fault.nodes:
+                node = sim.nodes.get(name)
+                if node is not None and node.up:
+                    sim.pause(node)
+            return None
         if fault.kind == "walcut":
             for name in fault.nodes:
                 node = sim.nodes.get(name)

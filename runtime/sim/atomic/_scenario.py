@@ -51,9 +51,13 @@ VOTE_LETTERS = {vote: code for code, vote in VOTE_CODES.items()}
 # `walcut` crashes the node and loses the newer half of its committed log
 # records, as a damaged SQLite sidecar does; the store detects it (as
 # `SqliteWal`'s sidecar scan does) and marks itself. Drawn for the coordinator.
+# `pause` freezes a node past every timeout (SIGSTOP): its inbox, timers and
+# fsyncs wait, then it resumes (SIGCONT) with stale timers and queued messages.
+# 3PC assumes no such thing (its timeouts are its failure detector), so only
+# 2PC draws it by default (`pauses`).
 NODE_FAULTS = (
     "crash", "restart", "stall", "resume", "fsyncfail", "crashforce", "crashforced",
-    "crashvote", "walcut",
+    "crashvote", "walcut", "pause",
 )
 FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
 
@@ -171,13 +175,14 @@ def random_scenario(
     faults: int = 3,
     partitions: bool | None = None,
     storage: bool | None = None,
+    pauses: bool | None = None,
 ) -> Scenario:
     """A random scenario drawn from `seed` (swarm testing: fault rates are drawn too).
 
-    By default 3PC gets neither partitions, message loss nor storage faults:
-    its model is fail-stop with reliable links and accurate timeouts, which a
-    lost message or a stalled fsync (a paused node) breaks. Message loss comes
-    with `partitions`.
+    By default 3PC gets neither partitions, message loss, storage faults nor
+    pauses: its model is fail-stop with reliable links and accurate timeouts,
+    which a lost message, a stalled fsync or a paused process breaks. Message
+    loss comes with `partitions`.
     """
     proto = Protocol(protocol)
     rng = stream(seed, "scenario")
@@ -185,6 +190,8 @@ def random_scenario(
         partitions = proto is Protocol.TWO_PC
     if storage is None:
         storage = proto is Protocol.TWO_PC
+    if pauses is None:
+        pauses = proto is Protocol.TWO_PC
     names = [COORDINATOR_NODE, *(f"p{i}" for i in range(1, participants + 1))]
     specs = []
     for _ in range(txns):
@@ -202,6 +209,8 @@ def random_scenario(
         kinds += ["part", "heal"] if partitions else []
         if storage:
             kinds += ["stall", "resume", "fsyncfail", "walcut"]
+        if pauses:
+            kinds.append("pause")
         kind = rng.choice(kinds)
         if kind == "crashvote":
             # Armed while transactions are being submitted (it strikes a prepare).
