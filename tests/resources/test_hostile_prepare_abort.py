@@ -28,47 +28,21 @@ from dtxn.runtime.resources.sqlite import SqliteBranch, SqliteResource
 from dtxn.runtime.transport import Address
 from dtxn.runtime.wal import SqliteWal
 from nodes import Node, eventually
+from sqlite_files import balance, create_ledger, leftovers, move, query
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUTS = Timeouts(votes_s=0.5, acks_s=0.1, decision_s=0.2, retry_max_s=0.4)
 
 
-def _create(path: Path) -> None:
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);"
-            "INSERT INTO accounts VALUES (1, 100);"
-        )
-    db.close()
 
 
-def _query(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(path)
-    try:
-        return [tuple(row) for row in db.execute(sql)]
-    finally:
-        db.close()
 
 
-def _balance(path: Path) -> int:
-    ((balance,),) = _query(path, "SELECT balance FROM accounts WHERE id = 1")
-    return int(balance)
 
 
-def _leftovers(path: Path) -> tuple[int, int, int]:
-    """(markers, undo rows, locks) left in the file."""
-    counts = [
-        _query(path, f"SELECT count(*) FROM {table}")[0][0]
-        for table in ("dtxn_prepared", "dtxn_undo", "dtxn_locks")
-    ]
-    return counts[0], counts[1], counts[2]
 
 
-def move(tx: SqliteBranch, amount: Any) -> None:
-    row = tx.read("accounts", 1)
-    assert row is not None
-    tx.update("accounts", 1, {"balance": row["balance"] + int(amount)})
 
 
 class SlowToVote(SqliteResource):
@@ -101,8 +75,8 @@ async def test_a_branch_prepared_while_aborted_on_inquiry_is_rolled_back_after_a
     tmp_path: Path, protocol: str
 ) -> None:
     path_a, path_b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
-    _create(path_a)
-    _create(path_b)
+    create_ledger(path_a)
+    create_ledger(path_b)
     transport = InProcessTransport()
     transport.fault = _no_coordinator_decisions
     slow = SlowToVote(path_a)
@@ -129,13 +103,13 @@ async def test_a_branch_prepared_while_aborted_on_inquiry_is_rolled_back_after_a
 
         tg.start_soon(transfer)
         await slow.prepared_locally.wait()
-        ((txid,),) = _query(path_a, "SELECT txid FROM dtxn_prepared")
+        ((txid,),) = query(path_a, "SELECT txid FROM dtxn_prepared")
         assert node_a.rt is not None and node_b.rt is not None
         pb = node_b.rt.participants["ledger"]
         await eventually(lambda: pb.finished.get(txid) is Outcome.ABORTED)
         # pa answered "abort" from PREPARING: its p-abort is forced, its vote not sent.
         assert node_a.rt.status(txid).roles == {"ledger": "aborted"}
-        assert _leftovers(path_a) == (1, 1, 1)
+        assert leftovers(path_a) == (1, 1, 1)
         await node_a.crash()  # before the vote (and so resource.abort) ever runs
         await slow.close()
 
@@ -145,13 +119,13 @@ async def test_a_branch_prepared_while_aborted_on_inquiry_is_rolled_back_after_a
         try:
             # The recovered participant reapplies the abort the crash cut off.
             await eventually(lambda: restarted.status(txid).outcome == "aborted")
-            await eventually(lambda: _leftovers(path_a) == (0, 0, 0))
-            assert _balance(path_a) + _balance(path_b) == 200
+            await eventually(lambda: leftovers(path_a) == (0, 0, 0))
+            assert balance(path_a) + balance(path_b) == 200
             transport.fault = None
             later = await rt.transact({"ledger@bank-a": -5, "ledger@bank-b": 5}, protocol=protocol)
             assert later.committed, later  # no RowLocked for ever
-            await eventually(lambda: _leftovers(path_a) == _leftovers(path_b) == (0, 0, 0))
-            assert (_balance(path_a), _balance(path_b)) == (95, 105)
+            await eventually(lambda: leftovers(path_a) == leftovers(path_b) == (0, 0, 0))
+            assert (balance(path_a), balance(path_b)) == (95, 105)
         finally:
             await eventually(lambda: bool(first))  # the coordinator's vote timeout
             for node in (coord, node_a, node_b):
@@ -165,8 +139,8 @@ async def test_a_participant_that_aborted_on_inquiry_aborts_its_branch_once_prep
 ) -> None:
     """The live path of the same race: no crash, the prepare returns late, abort follows it."""
     path_a, path_b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
-    _create(path_a)
-    _create(path_b)
+    create_ledger(path_a)
+    create_ledger(path_b)
     transport = InProcessTransport()
     transport.fault = _no_coordinator_decisions
     slow = SlowToVote(path_a)
@@ -188,12 +162,12 @@ async def test_a_participant_that_aborted_on_inquiry_aborts_its_branch_once_prep
 
         tg.start_soon(transfer)
         await slow.prepared_locally.wait()
-        ((txid,),) = _query(path_a, "SELECT txid FROM dtxn_prepared")
+        ((txid,),) = query(path_a, "SELECT txid FROM dtxn_prepared")
         await eventually(lambda: pb.finished.get(txid) is Outcome.ABORTED)
         slow.gate.set()
         await eventually(lambda: pa.finished.get(txid) is Outcome.ABORTED)
-        assert _leftovers(path_a) == (0, 0, 0)
-        assert (_balance(path_a), _balance(path_b)) == (100, 100)
+        assert leftovers(path_a) == (0, 0, 0)
+        assert (balance(path_a), balance(path_b)) == (100, 100)
         await eventually(lambda: bool(first))
         assert first[0].outcome is Outcome.ABORTED
         for node in (coord, node_a, node_b):
@@ -217,7 +191,7 @@ async def test_recovery_applies_to_each_marker_what_the_participants_log_says(
     """Aborted in the log: rolled back. Committed: committed. Prepared: left in doubt.
     Unknown: rolled back (prepared before PREPARED was forced)."""
     path = tmp_path / "ledger.sqlite"
-    _create(path)
+    create_ledger(path)
     with sqlite3.connect(path) as db:
         db.executescript("INSERT INTO accounts VALUES (2, 100), (3, 100), (4, 100);")
     db.close()
@@ -242,7 +216,7 @@ async def test_recovery_applies_to_each_marker_what_the_participants_log_says(
             assert rt.status("t-in-doubt").in_doubt
             assert res.orphans_rolled_back == 2
             assert await res.roll_back_orphans(rt) == []
-    balances = {row[0]: row[1] for row in _query(path, "SELECT id, balance FROM accounts")}
+    balances = {row[0]: row[1] for row in query(path, "SELECT id, balance FROM accounts")}
     assert balances == {1: 100, 2: 99, 3: 99, 4: 100}
 
 
@@ -253,16 +227,16 @@ async def test_a_row_locked_by_a_branch_the_log_never_voted_for_is_released_whil
     protocol's back, or one whose abort was lost): the first transaction that finds the
     row locked past `lock_wait_s` reconciles the stale marker and goes on."""
     path = tmp_path / "ledger.sqlite"
-    _create(path)
+    create_ledger(path)
     res = SqliteResource(path, name="ledger", branch=move, lock_wait_s=0.05)
     async with res, Runtime("bank", wal_path=tmp_path / "wal.db", resources={"ledger": res}) as rt:
         assert await res.prepare("t-stale", -30) is Vote.YES
-        assert _leftovers(path) == (1, 1, 1)
+        assert leftovers(path) == (1, 1, 1)
         outcome = await rt.transact({"ledger@bank": -10})
         assert outcome.committed, outcome
         assert res.stale_locks_released == 1
-        await eventually(lambda: _leftovers(path) == (0, 0, 0))  # its commit follows
-        assert _balance(path) == 90  # the stale branch's -30 was undone, not kept
+        await eventually(lambda: leftovers(path) == (0, 0, 0))  # its commit follows
+        assert balance(path) == 90  # the stale branch's -30 was undone, not kept
 
 
 async def test_a_row_locked_by_a_branch_the_protocol_still_holds_stays_locked(
@@ -271,7 +245,7 @@ async def test_a_row_locked_by_a_branch_the_protocol_still_holds_stays_locked(
     """A lock whose txid is in doubt in the log is the protocol's: never released by a
     later transaction, which votes no with `RowLocked` as before."""
     path = tmp_path / "ledger.sqlite"
-    _create(path)
+    create_ledger(path)
     await _write_log(tmp_path / "wal.db", [_prepared("t-in-doubt")])
     res = SqliteResource(path, name="ledger", branch=move, lock_wait_s=0.05)
     async with res:
@@ -284,4 +258,4 @@ async def test_a_row_locked_by_a_branch_the_protocol_still_holds_stays_locked(
             assert "RowLocked" in str(outcome.reason), outcome
             assert res.stale_locks_released == 0
             assert await res.in_doubt_txids() == ["t-in-doubt"]
-    assert _balance(path) == 70
+    assert balance(path) == 70

@@ -4,7 +4,6 @@ wrong, before anything is sent or logged, and leaves no lock behind."""
 from __future__ import annotations
 
 import signal
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -19,11 +18,12 @@ from dtxn.protocols.saga import SagaDefinition, SagaStep
 from dtxn.runtime import InProcessTransport, Runtime, UnknownNode
 from dtxn.runtime.cli.node import GATEWAY, TransactRequest, gateway, start_process, submit
 from dtxn.runtime.cli.node_config import load
-from dtxn.runtime.resources.sqlite import SqliteBranch, SqliteResource
+from dtxn.runtime.resources.sqlite import SqliteResource
 from dtxn.runtime.servers import nats_server
 from dtxn.runtime.transport import Address
 from dtxn.runtime.transport.nats import NatsTransport, RemoteError
 from nodes import Ledger
+from sqlite_files import create_ledger, leftovers, move
 
 pytestmark = pytest.mark.anyio
 
@@ -31,35 +31,12 @@ FAST = Timeouts(votes_s=2.0, acks_s=0.1, decision_s=0.2, retry_max_s=0.4)
 TRANSFER = {"ledger@bank-a": -10, "ledger@bank-b": 10}
 
 
-def _create(path: Path) -> None:
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);"
-            "INSERT INTO accounts VALUES (1, 100);"
-        )
-    db.close()
 
 
-def _query(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(path)
-    try:
-        return [tuple(row) for row in db.execute(sql)]
-    finally:
-        db.close()
 
 
-def _leftovers(path: Path) -> tuple[int, int, int]:
-    """(markers, undo rows, locks) left in the file."""
-    return tuple(  # type: ignore[return-value]
-        _query(path, f"SELECT count(*) FROM {table}")[0][0]
-        for table in ("dtxn_prepared", "dtxn_undo", "dtxn_locks")
-    )
 
 
-def move(tx: SqliteBranch, amount: Any) -> None:
-    row = tx.read("accounts", 1)
-    assert row is not None
-    tx.update("accounts", 1, {"balance": row["balance"] + int(amount)})
 
 
 class Bank(msgspec.Struct):
@@ -81,8 +58,8 @@ async def bank(tmp: Path, **coord_options: Any) -> AsyncIterator[Bank]:
     """A coordinator and two participants whose ledgers are SQLite files, on a wire codec."""
     transport = InProcessTransport(encode=True)
     path_a, path_b = tmp / "a.sqlite", tmp / "b.sqlite"
-    _create(path_a)
-    _create(path_b)
+    create_ledger(path_a)
+    create_ledger(path_b)
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(SqliteResource(path_a, name="ledger-a", branch=move))
         b = await stack.enter_async_context(SqliteResource(path_b, name="ledger-b", branch=move))
@@ -105,7 +82,7 @@ async def _refused_then_a_transfer_commits(
         with pytest.raises(error, match=match):
             await b.coord.transact(**transact)
         assert b.nothing_started(before)
-        assert _leftovers(b.path_a) == (0, 0, 0)
+        assert leftovers(b.path_a) == (0, 0, 0)
         outcome = await b.coord.transact(TRANSFER)
         assert outcome.committed, outcome
 
