@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,7 +43,16 @@ from dtxn.protocols.records import CoordChose
 from dtxn.protocols.saga import SagaDefinition, SagaReport
 from dtxn.runtime import otel
 from dtxn.runtime._stats import Counters, TxnStatistics
-from dtxn.runtime.caps import MAX_TIMEOUT_S, check_max_timeout, check_timeouts
+from dtxn.runtime.caps import (
+    MAX_TIMEOUT_S,
+    check_max_timeout,
+    check_payloads,
+    check_timeouts,
+    check_txid,
+    parse_pid,
+    participant_items,
+    participant_pid,
+)
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.hosting import (
     FINISHED_REMEMBERED,
@@ -101,22 +109,6 @@ class RuntimeStatistics(msgspec.Struct, frozen=True):
     actors: ActorSystemStatistics
     txn: TxnStatistics
     undeliverable: int
-
-
-# What a caller-chosen transaction id may be: it names WAL records, log lines
-# and replies, so it is bounded and printable.
-TXID_MAX = 128
-_TXID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{TXID_MAX}}}")
-# Every transport that encodes (in-process with encode=True, NATS) uses
-# msgspec's default msgpack encoder: payloads are checked with the same.
-_PAYLOAD_ENCODER = msgspec.msgpack.Encoder()
-
-
-def parse_pid(pid: str) -> Address:
-    actor, sep, node = pid.partition("@")
-    if not sep or not actor or not node:
-        raise TransactionError(f"participant {pid!r} must be written 'actor@node'")
-    return Address(node, actor)
 
 
 # Below this many remembered outcomes per host, `Runtime` warns (docs/wal.md).
@@ -438,14 +430,14 @@ class Runtime:
             given = tuple(participants)
             payloads = tuple(participants.values())
         else:
-            given, payloads = _participant_items(participants)
+            given, payloads = participant_items(participants)
         if not given:
             raise TransactionError("a transaction needs at least one participant")
         checked = self._checked_pids.get(given)
         if checked is not None:
             pids = checked
         else:
-            pids = tuple(_participant_pid(pid) for pid in given)
+            pids = tuple(participant_pid(pid) for pid in given)
             if len(set(pids)) != len(pids):
                 raise TransactionError(f"participants listed twice in {list(pids)!r}")
             self._check_nodes_known(pids)
@@ -461,7 +453,7 @@ class Runtime:
         if txid is None:
             txid = self.new_txid()
         else:
-            _check_txid(txid)
+            check_txid(txid)
             if txid in self.coordinator.txns or txid in self.coordinator.finished:
                 raise TransactionError(
                     f"transaction id {txid!r} was already used on {self.node!r}"
@@ -471,7 +463,7 @@ class Runtime:
         if getattr(self.transport, "encode", True) is not False:
             # Only where payloads cross a wire codec (NATS, an encoding
             # in-process transport): without one any object may be a payload.
-            _check_payloads(pids, payloads)
+            check_payloads(pids, payloads)
         telemetry = self._otel
         if telemetry is not None and not telemetry.live():
             # No SDK provider: the spans would be no-ops, so none are started.
@@ -1033,69 +1025,6 @@ def _choose(
 
 def _host_factory(host: MachineHost) -> Callable[[], HostActor]:
     return lambda: HostActor(host)
-
-
-def _participant_items(
-    participants: object,
-) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """(pids as given, payloads) of a mapping or an iterable of (pid, payload) pairs."""
-    if isinstance(participants, Mapping):
-        return tuple(participants), tuple(participants.values())
-    if isinstance(participants, str | bytes) or not isinstance(participants, Iterable):
-        raise TypeError(
-            "participants must map 'actor@node' to payloads, or be (pid, payload) pairs; "
-            f"got {type(participants).__name__} {participants!r}"
-        )
-    pids: list[Any] = []
-    payloads: list[Any] = []
-    for item in participants:
-        if not isinstance(item, tuple | list) or len(item) != 2:
-            raise TypeError(f"participants must be (pid, payload) pairs, got {item!r}")
-        pids.append(_participant_pid(item[0]))  # here, before it is hashed
-        payloads.append(item[1])
-    return tuple(pids), tuple(payloads)
-
-
-def _participant_pid(given: object) -> str:
-    """`actor@node` for a participant given as such a str or as an `Address`."""
-    if isinstance(given, Address):
-        pid = str(given)
-    elif isinstance(given, str):
-        pid = given
-    else:
-        raise TypeError(
-            f"participant {given!r} must be an 'actor@node' str or an Address, "
-            f"not {type(given).__name__}"
-        )
-    actor, _, node = pid.partition("@")
-    if pid.count("@") != 1 or not actor or not node:
-        raise TransactionError(
-            f"participant {pid!r} must be written 'actor@node' (exactly one '@')"
-        )
-    return pid
-
-
-def _check_txid(txid: object) -> None:
-    if not isinstance(txid, str):
-        raise TypeError(f"txid must be a str, got {type(txid).__name__} {txid!r}")
-    if not _TXID_RE.fullmatch(txid):
-        raise TransactionError(
-            f"txid {txid[:TXID_MAX + 1]!r} must be 1-{TXID_MAX} of letters, digits "
-            "and _ . : -"
-        )
-
-
-def _check_payloads(pids: tuple[str, ...], payloads: tuple[Any, ...]) -> None:
-    """Encode every payload as the wire will, so none fails after another was sent."""
-    for pid, payload in zip(pids, payloads, strict=True):
-        try:
-            _PAYLOAD_ENCODER.encode(payload)
-        except (TypeError, ValueError, OverflowError, RecursionError,
-                msgspec.EncodeError) as exc:
-            raise TypeError(
-                f"the payload for participant {pid!r} cannot be encoded for the wire "
-                f"(msgpack): {exc}; nothing was sent"
-            ) from exc
 
 
 def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

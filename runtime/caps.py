@@ -1,13 +1,21 @@
-"""What a caller may ask of a node: the timeout cap and the checks of `Timeouts`.
+"""What a caller may ask of a node: the timeout cap and the checks of `transact`'s arguments.
 
-Shared by `Runtime` (its own timeouts and every `transact`) and `node.toml`
-(`[node] max_timeout_s`, `[timeouts]`), so both refuse the same values.
+Shared by `Runtime` (its own timeouts and every `transact`: timeouts, txid,
+participants, payloads) and `node.toml` (`[node] max_timeout_s`,
+`[timeouts]`), so both refuse the same values. Every check runs before
+anything is sent or logged.
 """
 
 from __future__ import annotations
 
-from dtxn.protocols.errors import ConfigError
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.messages import Timeouts
+from dtxn.runtime.transport import Address
 
 # The longest timeout a transaction may ask for, unless a node says otherwise
 # (`Runtime(max_timeout_s=...)`, `[node] max_timeout_s`): a client's
@@ -45,4 +53,93 @@ def check_timeouts(timeouts: object, cap: float, where: str) -> None:
             )
 
 
-__all__ = ["MAX_TIMEOUT_S", "check_max_timeout", "check_timeouts"]
+# What a caller-chosen transaction id may be: it names WAL records, log lines
+# and replies, so it is bounded and printable.
+TXID_MAX = 128
+_TXID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{TXID_MAX}}}")
+# Every transport that encodes (in-process with encode=True, NATS) uses
+# msgspec's default msgpack encoder: payloads are checked with the same.
+_PAYLOAD_ENCODER = msgspec.msgpack.Encoder()
+
+
+def parse_pid(pid: str) -> Address:
+    actor, sep, node = pid.partition("@")
+    if not sep or not actor or not node:
+        raise TransactionError(f"participant {pid!r} must be written 'actor@node'")
+    return Address(node, actor)
+
+
+def participant_items(
+    participants: object,
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(pids as given, payloads) of a mapping or an iterable of (pid, payload) pairs."""
+    if isinstance(participants, Mapping):
+        return tuple(participants), tuple(participants.values())
+    if isinstance(participants, str | bytes) or not isinstance(participants, Iterable):
+        raise TypeError(
+            "participants must map 'actor@node' to payloads, or be (pid, payload) pairs; "
+            f"got {type(participants).__name__} {participants!r}"
+        )
+    pids: list[Any] = []
+    payloads: list[Any] = []
+    for item in participants:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise TypeError(f"participants must be (pid, payload) pairs, got {item!r}")
+        pids.append(participant_pid(item[0]))  # here, before it is hashed
+        payloads.append(item[1])
+    return tuple(pids), tuple(payloads)
+
+
+def participant_pid(given: object) -> str:
+    """`actor@node` for a participant given as such a str or as an `Address`."""
+    if isinstance(given, Address):
+        pid = str(given)
+    elif isinstance(given, str):
+        pid = given
+    else:
+        raise TypeError(
+            f"participant {given!r} must be an 'actor@node' str or an Address, "
+            f"not {type(given).__name__}"
+        )
+    actor, _, node = pid.partition("@")
+    if pid.count("@") != 1 or not actor or not node:
+        raise TransactionError(
+            f"participant {pid!r} must be written 'actor@node' (exactly one '@')"
+        )
+    return pid
+
+
+def check_txid(txid: object) -> None:
+    if not isinstance(txid, str):
+        raise TypeError(f"txid must be a str, got {type(txid).__name__} {txid!r}")
+    if not _TXID_RE.fullmatch(txid):
+        raise TransactionError(
+            f"txid {txid[:TXID_MAX + 1]!r} must be 1-{TXID_MAX} of letters, digits "
+            "and _ . : -"
+        )
+
+
+def check_payloads(pids: tuple[str, ...], payloads: tuple[Any, ...]) -> None:
+    """Encode every payload as the wire will, so none fails after another was sent."""
+    for pid, payload in zip(pids, payloads, strict=True):
+        try:
+            _PAYLOAD_ENCODER.encode(payload)
+        except (TypeError, ValueError, OverflowError, RecursionError,
+                msgspec.EncodeError) as exc:
+            raise TypeError(
+                f"the payload for participant {pid!r} cannot be encoded for the wire "
+                f"(msgpack): {exc}; nothing was sent"
+            ) from exc
+
+
+__all__ = [
+    "MAX_TIMEOUT_S",
+    "TXID_MAX",
+    "check_max_timeout",
+    "check_payloads",
+    "check_timeouts",
+    "check_txid",
+    "parse_pid",
+    "participant_items",
+    "participant_pid",
+]

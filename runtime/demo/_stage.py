@@ -27,7 +27,8 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from dtxn.protocols.messages import Timeouts, Vote
-from dtxn.runtime._runtime import Runtime, UnknownTransaction, parse_pid
+from dtxn.runtime._runtime import Runtime, UnknownTransaction
+from dtxn.runtime.caps import parse_pid
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.demo._render import Check
 from dtxn.runtime.demo._timeline import Timeline
