@@ -657,6 +657,8 @@ class Runtime:
         """Run an orchestrated saga; return when it completed, compensated or got stuck."""
         if self._exit is None:
             raise TransactionError(f"runtime {self.node!r} is not running; use `async with`")
+        if self._wal_error is not None:
+            raise self._fresh_wal_error()
         if self.halted:
             raise TransactionError(f"runtime {self.node!r} has crashed; it starts nothing more")
         found = self._definition(definition, version)

@@ -20,8 +20,7 @@ from dtxn.runtime.cli.node import start_process, submit
 from dtxn.runtime.servers import nats_available, nats_server
 from dtxn.runtime.transport import InProcessTransport
 from dtxn.runtime.transport.nats import NatsTransport
-from dtxn.runtime.wal import SqliteWal, WalError
-from dtxn.runtime.wal._sqlite import on_sqlite_thread
+from dtxn.runtime.wal import SqliteWal, WalError, on_sqlite_thread
 from nodes import Ledger, eventually
 
 pytestmark = pytest.mark.anyio
