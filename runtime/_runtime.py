@@ -323,11 +323,20 @@ class Runtime:
         self._routes.clear()
         for host in self._hosts():
             host.cancel_all_timers()
-        if exc is not None:
-            # The actors' tasks are not under our cancel scope: stop them now.
+        interrupted: BaseException | None = None
+        try:
+            if exc is not None:
+                # The actors' tasks are not under our cancel scope: stop them now.
+                self.system.cancel_all()
+            elif not self._crashed:
+                await self.system.aclose(drain=True)
+        except BaseException as error:  # noqa: BLE001 - re-raised after the stack is left
+            # Cancelled while draining (a sibling runtime crashed): the stack
+            # below must still be left, or its cancel scope and the WAL's
+            # writer outlive the block (a hang, then a cancel-scope RuntimeError).
             self.system.cancel_all()
-        elif not self._crashed:
-            await self.system.aclose(drain=True)
+            interrupted = error
+            exc_type, exc, tb = type(error), error, error.__traceback__
         self.halted = True
         # Resource calls still running belong to transactions that recovery
         # will finish at the next start; they are cancelled, not awaited.
@@ -337,15 +346,48 @@ class Runtime:
             *self.coordinator.waiting.values(),
             *self.sagas.waiting.values(),
         ]
-        for future in waiting:
-            if not future.done():
-                future.cancel()
+        self._fail_waiting(waiting)
         for stream in self._streams:
             stream.close()
-        result = await stack.__aexit__(exc_type, exc, tb)
+        try:
+            result = await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # Task groups wrap the WAL's error; callers should see it plainly.
+            leaf = _only(group)
+            if self._wal_error is not None and isinstance(leaf, WalError):
+                raise self._fresh_wal_error() from None
+            if leaf is not None and leaf is exc:
+                # The block's own error (a sibling's WalError, say), only wrapped.
+                if interrupted is not None:
+                    raise leaf from None
+                return None
+            raise
+        except WalError:
+            if self._wal_error is not None:
+                raise self._fresh_wal_error() from None
+            raise
         if self._wal_error is not None:
-            raise self._wal_error
+            raise self._fresh_wal_error()
+        if interrupted is not None and not result:
+            raise interrupted
         return result
+
+    def _fresh_wal_error(self) -> WalError:
+        """The error that stopped this node, raised afresh (with its cause) to each caller."""
+        error = self._wal_error
+        assert error is not None
+        fresh = WalError(str(error))
+        fresh.__cause__ = error.__cause__
+        return fresh
+
+    def _fail_waiting(self, waiting: list[asyncio.Future[Any]]) -> None:
+        """Settle every caller still waiting: with the WAL's error if it stopped the node."""
+        for future in waiting:
+            if not future.done():
+                if self._wal_error is not None:
+                    future.set_exception(self._fresh_wal_error())
+                else:
+                    future.cancel()
 
     def crash(self) -> None:
         """Stop this node at once, as a process crash would (for tests and the demo).
@@ -353,6 +395,12 @@ class Runtime:
         Timers, mailboxes and in-flight calls are dropped and the WAL loses every
         record not yet forced. The `async with` block is cancelled.
         """
+        self._halt()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _halt(self) -> None:
+        """Everything `crash` does but cancelling the block."""
         self._crashed = True
         self.halted = True
         self.wal.lose_buffered()
@@ -367,6 +415,8 @@ class Runtime:
         self.system.cancel_all()
         for pool in self._pools:
             pool.cancel_all()
+
+    def _cancel_block(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
 
@@ -407,6 +457,8 @@ class Runtime:
         """
         if self._exit is None:
             raise TransactionError(f"runtime {self.node!r} is not running; use `async with`")
+        if self._wal_error is not None:
+            raise self._fresh_wal_error()
         if self.halted:
             raise TransactionError(f"runtime {self.node!r} has crashed; it starts nothing more")
         auto = protocol == "auto"
@@ -608,6 +660,8 @@ class Runtime:
         """Run an orchestrated saga; return when it completed, compensated or got stuck."""
         if self._exit is None:
             raise TransactionError(f"runtime {self.node!r} is not running; use `async with`")
+        if self._wal_error is not None:
+            raise self._fresh_wal_error()
         if self.halted:
             raise TransactionError(f"runtime {self.node!r} has crashed; it starts nothing more")
         found = self._definition(definition, version)
@@ -796,7 +850,12 @@ class Runtime:
         # when the runtime's block exits, never swallowed.
         log.critical("node %s: WAL failed, stopping: %s", self.node, error)
         self._wal_error = error
-        self.crash()
+        self._halt()
+        # Every caller waiting for an outcome gets the WAL's error (never an
+        # outcome that was not forced, nor a bare CancelledError); the block is
+        # cancelled only after they have been woken with it.
+        self._fail_waiting([*self.coordinator.waiting.values(), *self.sagas.waiting.values()])
+        asyncio.get_running_loop().call_soon(self._cancel_block)
 
     def trace(self, txid: str, actor: str, what: str, detail: Any) -> None:
         for hook in self._tracers:

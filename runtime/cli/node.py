@@ -34,6 +34,7 @@ from dtxn.runtime.hosting.coordinator import COORDINATOR_ACTOR
 from dtxn.runtime.resource import Resource
 from dtxn.runtime.transport import Address
 from dtxn.runtime.transport.nats import NatsTransport, tls_context
+from dtxn.runtime.wal import WalError
 
 log = logging.getLogger("dtxn.node")
 
@@ -238,7 +239,8 @@ async def start_process(
 
 
 def main(config_path: str) -> int:
-    """The `dtxn node` command: exit 0 after a clean stop, 2 on a configuration error."""
+    """The `dtxn node` command: exit 0 after a clean stop, 2 on a configuration error,
+    3 when the node stopped because its WAL could not be written."""
     from dtxn.runtime.cli.node_config import load
     from dtxn.runtime.loop import run
 
@@ -260,6 +262,12 @@ def main(config_path: str) -> int:
     except Exception as exc:
         # Task groups wrap errors; a configuration problem is reported plainly.
         errors = _leaves(exc)
+        if errors and all(isinstance(error, WalError) for error in errors):
+            # The node stopped because its WAL cannot be written (fail-stop):
+            # a supervisor must see it, so the exit is non-zero (docs/wal.md).
+            for error in errors:
+                print(f"dtxn node {config.node.name}: stopped: {error}", file=sys.stderr)
+            return 3
         if not all(isinstance(error, ConfigError | TransactionError) for error in errors):
             raise
         for error in errors:
