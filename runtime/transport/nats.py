@@ -20,9 +20,10 @@ most `max_message_bytes`, nested at most `max_nesting` deep; see
 `dtxn.runtime.transport.limits`), and whatever fails to decode is one dropped
 message, never a dead node. Dead letters and their log lines are
 rate-limited per sending node (`LogLimiter`); every drop is counted. Inside a transaction the
-machines then accept a decision only from its coordinator or a member
-(the elected 3PC backup is a member), so with authenticated senders nobody
-else can decide.
+machines then apply a decision only from its coordinator (2PC) or from the
+coordinator or the elected backup of a termination round (3PC), so with
+authenticated senders no one else can decide (docs/protocols.md, "Who may
+decide").
 
 Loss is allowed: a full outbox or a publish during a NATS outage drops the
 message (counted); nats-py reconnects by itself and the protocols re-send
