@@ -48,9 +48,14 @@ VOTE_LETTERS = {vote: code for code, vote in VOTE_CODES.items()}
 # applies, lingers past its peers' decision timeout (they ask it, and it
 # answers "abort" from PREPARING), then the node crashes before the vote
 # reaches its machine, as a slow participant killed mid-vote would.
+# `forge` compromises a participant node from then on: it sends decisions
+# nobody made (both outcomes, for every transaction it has seen) to the
+# members and the coordinator, in its own actor's name and in other nodes'
+# (the network rejects those, as NATS subject permissions do). The
+# coordinator node is never the forger: its word is the decision.
 NODE_FAULTS = (
     "crash", "restart", "stall", "resume", "fsyncfail", "crashforce", "crashforced",
-    "crashvote",
+    "crashvote", "forge",
 )
 FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
 
@@ -168,13 +173,16 @@ def random_scenario(
     faults: int = 3,
     partitions: bool | None = None,
     storage: bool | None = None,
+    forgery: bool | None = None,
 ) -> Scenario:
     """A random scenario drawn from `seed` (swarm testing: fault rates are drawn too).
 
     By default 3PC gets neither partitions, message loss nor storage faults:
     its model is fail-stop with reliable links and accurate timeouts, which a
     lost message or a stalled fsync (a paused node) breaks. Message loss comes
-    with `partitions`.
+    with `partitions`. Nor does it get forged decisions (`forgery`): its
+    termination protocol lets any member decide as the elected backup, so a
+    compromised member is outside its model (docs/protocols.md, "Who may decide").
     """
     proto = Protocol(protocol)
     rng = stream(seed, "scenario")
@@ -182,6 +190,8 @@ def random_scenario(
         partitions = proto is Protocol.TWO_PC
     if storage is None:
         storage = proto is Protocol.TWO_PC
+    if forgery is None:
+        forgery = proto is Protocol.TWO_PC
     names = [COORDINATOR_NODE, *(f"p{i}" for i in range(1, participants + 1))]
     specs = []
     for _ in range(txns):
@@ -199,11 +209,15 @@ def random_scenario(
         kinds += ["part", "heal"] if partitions else []
         if storage:
             kinds += ["stall", "resume", "fsyncfail"]
+        if forgery:
+            kinds += ["forge"]
         kind = rng.choice(kinds)
         if kind == "crashvote":
             # Armed while transactions are being submitted (it strikes a prepare).
             at_s = round(rng.uniform(0, 0.5), 3)
-        if kind in NODE_FAULTS:
+        if kind == "forge":
+            events.append(Fault(at_s, kind, nodes=(rng.choice(names[1:]),)))
+        elif kind in NODE_FAULTS:
             events.append(Fault(at_s, kind, nodes=(rng.choice(names),)))
         elif kind == "part":
             shuffled = names[:]
