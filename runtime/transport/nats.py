@@ -283,10 +283,11 @@ class NatsTransport:
                 with anyio.CancelScope(shield=True):
                     try:
                         await nc.close()
-                    except RuntimeError as close_error:
-                        # nats-py 2.x on uvloop writes its pending buffer into a
-                        # socket an outage already closed; those messages are
-                        # lost (the protocols re-send), the connection is closed.
+                    except (RuntimeError, ConnectionError) as close_error:
+                        # nats-py 2.x writes its pending buffer into a socket an
+                        # outage already closed (RuntimeError on uvloop,
+                        # BrokenPipeError on asyncio); those messages are lost
+                        # (the protocols re-send), the connection is closed.
                         log.warning("NATS: closed while disconnected, unsent messages lost: %s",
                                     close_error)
 
