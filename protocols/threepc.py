@@ -271,6 +271,15 @@ class ThreePCCoordinator:
                 return [Ignored(f"decision from {sender!r}, not a participant", violation=True)]
             # A backup coordinator decided (we were presumed failed, or we
             # are recovering). Adopt it unless we already decided otherwise.
+            if state is Coord3State.WAITING and message.commit:
+                # No one is committable before this coordinator pre-commits, so
+                # no backup can have committed (TR2 and TR4 both need one).
+                return [
+                    Ignored(
+                        f"COMMIT from {sender!r} while this coordinator collects votes",
+                        violation=True,
+                    )
+                ]
             if state in (Coord3State.WAITING, Coord3State.PRECOMMITTING, Coord3State.RECOVERING):
                 return self._adopt(message)
             if state is Coord3State.COMMITTED and not message.commit:
@@ -540,6 +549,21 @@ class ThreePCParticipant:
 
     def _on_decision(self, message: Decision) -> list[Effect]:
         state = self.state
+        if (
+            message.sender != self.coordinator
+            and self.in_doubt
+            and self.round < 0
+            and not self.recovered
+        ):
+            # A member decides only as the backup of a termination round; with
+            # no round started here and nothing asked after a recovery, no
+            # member has grounds to decide for us (docs/protocols.md, "Who may
+            # decide"). If a round did run without us, our own decision timer
+            # starts one and learns the outcome.
+            said = "COMMIT" if message.commit else "ABORT"
+            return [
+                Ignored(f"{said} from member {message.sender!r} before any termination round")
+            ]
         if state in (Part3State.UNCERTAIN, Part3State.COMMITTABLE):
             self._stop_leading()
             cancel: list[Effect] = [CancelTimer(DECISION_TIMER), CancelTimer(TERMINATION_TIMER)]

@@ -22,6 +22,9 @@ a decided peer answers with the decision; a peer that has not voted aborts
 asker stays blocked, re-asking with exponential backoff. A peer that holds
 nothing about the transaction answers "unknown": it may have voted read-only
 (which writes nothing and decides nothing), so it can vouch for no outcome.
+The asker applies none of these answers: only the coordinator's decision
+binds, since a compromised member could answer either outcome (docs/
+protocols.md, "Who may decide"); it keeps asking the coordinator.
 
 Messages that are late, duplicated or for a finished transaction are answered
 or ignored (`Ignored` effect, counted by the runtime), never an error.
@@ -423,8 +426,19 @@ class TwoPCParticipant:
 
     def _on_decision(self, message: Decision) -> list[Effect]:
         state = self.state
-        if message.sender != self.coordinator and message.sender not in self.participants:
-            return [Ignored(f"decision from {message.sender!r}, not a member", violation=True)]
+        if message.sender != self.coordinator:
+            if message.sender not in self.participants:
+                return [
+                    Ignored(f"decision from {message.sender!r}, not a member", violation=True)
+                ]
+            # Only the coordinator decides in 2PC. A peer's word cannot be told
+            # from an invention: a member that voted yes could answer "abort"
+            # (or "commit") to split the transaction. Keep asking the
+            # coordinator (docs/protocols.md, "Who may decide").
+            said = "COMMIT" if message.commit else "ABORT"
+            return [
+                Ignored(f"{said} from peer {message.sender!r} not applied: not the coordinator")
+            ]
         if message.commit:
             if state is PartState.PREPARED:
                 self.state = PartState.COMMITTING

@@ -192,7 +192,10 @@ async def _run_node(
         )
     )
     if config.gateway.enabled:
-        transport.serve(config.node.name, GATEWAY, gateway(rt), TransactRequest)
+        transport.serve(
+            config.node.name, GATEWAY, gateway(rt), TransactRequest,
+            clients=config.gateway.clients,
+        )
     await transport.wait_subscribed()
     log.info("node %s ready: resources %s, gateway %s", config.node.name,
              ", ".join(resources) or "none", "on" if config.gateway.enabled else "off")

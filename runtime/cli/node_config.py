@@ -21,6 +21,7 @@
 
     [gateway]                      # optional: accept transactions from NATS clients
     enabled = true
+    clients = ["teller-1"]         # only these nodes may submit (default: any node)
 
     [[resources]]
     name = "ledger"
@@ -77,6 +78,8 @@ class PeersSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = False
+    # The nodes whose requests the gateway runs; None: any authenticated node.
+    clients: list[str] | None = None
 
 
 class ResourceSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

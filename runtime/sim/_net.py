@@ -105,6 +105,9 @@ class SimTransport:
         self.on_deliver: list[Callable[[Address, object], None]] = []
         # Paused nodes: messages that reached them wait here, in order.
         self._held: dict[str, list[tuple[str, Address, object]]] = {}
+        # Called with (to, message) when a forged message reaches its node.
+        self.on_forged: list[Callable[[Address, object], None]] = []
+        self.rejected = 0
 
     # -- Transport -------------------------------------------------------------
 
@@ -144,6 +147,40 @@ class SimTransport:
             if faults.jitter_s:
                 delay_s += rng.random() * faults.jitter_s
             loop.call_later(delay_s, self._deliver, sender, to, message)
+
+    def send_as(self, source: str, to: Address, message: object) -> None:
+        """A message sent from node `source`, whatever sender it names (the forge fault).
+
+        Like NATS with per-node subject permissions (docs/nats.md), the network
+        knows the node a message came from: one that names a sender on another
+        node is rejected on arrival, before any actor sees it. It bypasses the
+        `on_send` hooks, which check what protocol machines send.
+        """
+        self.sent += 1
+        self._note("forge", Hop(source, to, message))
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.faults.delay_s, self._deliver_forged, source, to, message)
+
+    def _deliver_forged(self, source: str, to: Address, message: object) -> None:
+        if _sender_node(message) != source:
+            self.rejected += 1
+            self._note("rejected", Hop(source, to, message))
+            return
+        port = self._ports.get(to.node)
+        if port is None or not self.connected(source, to.node):
+            self.lost += 1
+            self._note("lost", Hop(source, to, message))
+            return
+        if to.node in self._held:
+            # A paused node reads nothing; the forger keeps trying until it resumes.
+            asyncio.get_running_loop().call_later(
+                0.1, self._deliver_forged, source, to, message)
+            return
+        self.delivered += 1
+        self._note("deliver forged", Hop(source, to, message))
+        for hook in self.on_forged:
+            hook(to, message)
+        port.deliver_nowait(to.actor, message)
 
     # -- faults ----------------------------------------------------------------
 

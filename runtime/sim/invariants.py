@@ -22,6 +22,9 @@ error with the seed and a replayable schedule.
       (for 3PC in its fail-stop model this is non-blocking);
   R   no resource keeps a prepared branch (a YES it never committed or
       aborted) of a transaction its participant ended;
+  F   no participant ends a transaction with an outcome that only a forged
+      decision (the `forge` fault: sent by a compromised node, made by
+      nobody) told it, and that its coordinator did not decide;
   E   no node's runtime raises (in the simulator every exception is a bug).
 
 `SagaChecker` does the same for orchestrated sagas, fed with every effect
@@ -82,6 +85,8 @@ class Checker:
         self._applied: dict[str, dict[str, set[str]]] = {}
         # (pid, txid) whose resource prepared YES and has not committed or aborted since.
         self._held: set[tuple[str, str]] = set()
+        # (pid, txid) -> the outcomes forged decisions delivered to pid claimed.
+        self._forged: dict[tuple[str, str], set[str]] = {}
 
     def _fail(self, code: str, txid: str, detail: str) -> None:
         self.violations.append(Violation(code, self.now_s, txid, detail))
@@ -121,6 +126,12 @@ class Checker:
     def on_deliver(self, to: str, message: object) -> None:
         if isinstance(message, Decision) and not message.commit:
             self._told_abort.add((to, message.txid))
+
+    def on_forged(self, to: str, message: object) -> None:
+        """A decision nobody made reached `to` (the network let it through)."""
+        if isinstance(message, Decision):
+            outcome = "committed" if message.commit else "aborted"
+            self._forged.setdefault((to, message.txid), set()).add(outcome)
 
     def on_decide(self, pid: str, txid: str, outcome: str) -> None:
         key = (pid, txid)
@@ -196,6 +207,17 @@ class Checker:
             if missing:
                 self._fail("C", txid, f"reported committed to the client but not committed "
                                       f"at {missing}")
+        coordinators = {
+            txid: outcome for (pid, txid), outcome in self._decided.items()
+            if pid.partition("@")[0] == COORDINATOR
+        }
+        for (pid, txid), forged in sorted(self._forged.items()):
+            decided = self._decided.get((pid, txid))
+            # A coordinator that never decided presumes abort.
+            real = coordinators.get(txid, "aborted")
+            if decided is not None and decided in forged and decided != real:
+                self._fail("F", txid, f"{pid} ended {decided} on a forged decision; its "
+                                      f"coordinator decided {real}")
         for txid, where in sorted(unfinished.items()):
             if txid in for_an_operator:
                 continue

@@ -55,19 +55,25 @@ def workloads(
 
 
 @st.composite
-def _fault(draw: st.DrawFn, participants: int, partitions: bool, storage: bool) -> Fault:
+def _fault(
+    draw: st.DrawFn, participants: int, partitions: bool, storage: bool, forgery: bool = False
+) -> Fault:
     names = node_names(participants)
     kinds = ["crash", "crashforce", "crashforced", "crashvote", "restart"]
     # A pause (SIGSTOP past every timeout) is outside 3PC's model, as a partition is.
     kinds += ["part", "heal", "pause"] if partitions else []
     if storage:
         kinds += ["stall", "resume", "fsyncfail", "walcut"]
+    if forgery:
+        kinds += ["forge"]
     kind = draw(st.sampled_from(kinds))
     # A crashvote strikes the node's next prepare: armed while transactions
     # are still being submitted, or it would rarely meet one.
     at_s = draw(SUBMIT_TIMES_S if kind == "crashvote" else TIMES_S)
     if kind == "walcut":
         return Fault(at_s, kind, nodes=(COORDINATOR_NODE,))  # a coordinator's damaged log
+    if kind == "forge":  # a participant node: the coordinator's word is the decision
+        return Fault(at_s, kind, nodes=(draw(st.sampled_from(names[1:])),))
     if kind in NODE_FAULTS:
         return Fault(at_s, kind, nodes=(draw(st.sampled_from(names)),))
     if kind == "part":
@@ -79,10 +85,15 @@ def _fault(draw: st.DrawFn, participants: int, partitions: bool, storage: bool) 
 
 
 def fault_schedules(
-    participants: int = 3, *, partitions: bool = True, storage: bool = True, max_faults: int = 4
+    participants: int = 3,
+    *,
+    partitions: bool = True,
+    storage: bool = True,
+    max_faults: int = 4,
+    forgery: bool = False,
 ) -> st.SearchStrategy[tuple[Fault, ...]]:
-    """Timed crashes, restarts, partitions, heals and fsync faults, sorted by time."""
-    return st.lists(_fault(participants, partitions, storage), max_size=max_faults).map(
+    """Timed crashes, restarts, partitions, heals, fsync faults and forgers, sorted by time."""
+    return st.lists(_fault(participants, partitions, storage, forgery), max_size=max_faults).map(
         lambda faults: tuple(sorted(faults, key=lambda f: f.at_s))
     )
 
@@ -109,6 +120,7 @@ def scenarios(
     *,
     partitions: bool | None = None,
     storage: bool | None = None,
+    forgery: bool | None = None,
     max_txns: int = 3,
     max_faults: int = 4,
 ) -> Scenario:
@@ -117,15 +129,19 @@ def scenarios(
     3PC stays in its fail-stop model (no partitions, reliable links, no stalled
     fsyncs, never every process of a transaction down) unless
     `partitions` (which also brings message loss) or `storage` say otherwise.
+    Forged decisions (`forgery`, the `forge` fault) come by default with 2PC
+    only: 3PC's termination lets any member decide as the elected backup.
     """
     proto = Protocol(protocol)
     if partitions is None:
         partitions = proto is Protocol.TWO_PC
     if storage is None:
         storage = proto is Protocol.TWO_PC
+    if forgery is None:
+        forgery = proto is Protocol.TWO_PC
     txns = draw(workloads(participants, max_txns=max_txns))
     faults = draw(fault_schedules(participants, partitions=partitions, storage=storage,
-                                  max_faults=max_faults))
+                                  max_faults=max_faults, forgery=forgery))
     if proto is Protocol.THREE_PC and not partitions and not storage:
         faults = tuple(fail_stop(list(faults), list(txns)))
     seed = draw(st.integers(0, 2**32 - 1))

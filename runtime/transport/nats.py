@@ -20,9 +20,10 @@ most `max_message_bytes`, nested at most `max_nesting` deep; see
 `dtxn.runtime.transport.limits`), and whatever fails to decode is one dropped
 message, never a dead node. Dead letters and their log lines are
 rate-limited per sending node (`LogLimiter`); every drop is counted. Inside a transaction the
-machines then accept a decision only from its coordinator or a member
-(the elected 3PC backup is a member), so with authenticated senders nobody
-else can decide.
+machines then apply a decision only from its coordinator (2PC) or from the
+coordinator or the elected backup of a termination round (3PC), so with
+authenticated senders no one else can decide (docs/protocols.md, "Who may
+decide").
 
 Loss is allowed: a full outbox or a publish during a NATS outage drops the
 message (counted); nats-py reconnects by itself and the protocols re-send
@@ -91,12 +92,21 @@ class _Reply(msgspec.Struct, frozen=True, array_like=True):
     retriable: bool = True
 
 
-class _Service:
-    __slots__ = ("decoder", "handler")
+class NotAllowed(DtxnError):
+    """Raised (to the asker) when a node asks a service that does not serve it."""
 
-    def __init__(self, handler: Handler, request_type: Any) -> None:
+    retriable = False
+
+
+class _Service:
+    __slots__ = ("clients", "decoder", "handler")
+
+    def __init__(
+        self, handler: Handler, request_type: Any, clients: frozenset[str] | None
+    ) -> None:
         self.handler = handler
         self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(request_type)
+        self.clients = clients
 
 
 def subject_token(kind: str, value: str) -> str:
@@ -273,10 +283,11 @@ class NatsTransport:
                 with anyio.CancelScope(shield=True):
                     try:
                         await nc.close()
-                    except RuntimeError as close_error:
-                        # nats-py 2.x on uvloop writes its pending buffer into a
-                        # socket an outage already closed; those messages are
-                        # lost (the protocols re-send), the connection is closed.
+                    except (RuntimeError, ConnectionError) as close_error:
+                        # nats-py 2.x writes its pending buffer into a socket an
+                        # outage already closed (RuntimeError on uvloop,
+                        # BrokenPipeError on asyncio); those messages are lost
+                        # (the protocols re-send), the connection is closed.
                         log.warning("NATS: closed while disconnected, unsent messages lost: %s",
                                     close_error)
 
@@ -324,11 +335,27 @@ class NatsTransport:
             return True
         return None if self.peers is None else node in self.peers
 
-    def serve(self, node: str, name: str, handler: Handler, request_type: Any = Any) -> None:
-        """Answer requests to `name@node` with `await handler(request)` (concurrently)."""
+    def serve(
+        self,
+        node: str,
+        name: str,
+        handler: Handler,
+        request_type: Any = Any,
+        *,
+        clients: Iterable[str] | None = None,
+    ) -> None:
+        """Answer requests to `name@node` with `await handler(request)` (concurrently).
+
+        With `clients`, only requests from those nodes (the subject's sending
+        node, which NATS permissions make true) reach the handler; any other
+        gets a `NotAllowed` error reply, is counted as rejected, and runs nothing.
+        """
         subject_token("node", node)
         subject_token("service", name)
-        self._services[(node, name)] = _Service(handler, request_type)
+        allowed = None if clients is None else frozenset(
+            subject_token("client", c) for c in clients
+        )
+        self._services[(node, name)] = _Service(handler, request_type, allowed)
 
     def subject(self, to: Address, from_node: str) -> str:
         return f"{self.prefix}.{to.node}.{to.actor}.{from_node}"
@@ -487,6 +514,9 @@ class NatsTransport:
         if msg.reply:
             service = self._services.get((port.node, actor))
             if service is not None:
+                if service.clients is not None and sender_node not in service.clients:
+                    await self._start_request(self._refuse, msg, port, actor, sender_node)
+                    return
                 await self._start_request(self._serve, msg, service.handler, service.decoder)
             else:
                 await self._start_request(self._answer_ask, msg, port, actor)
@@ -594,6 +624,11 @@ class NatsTransport:
             await self._respond_error(msg, CodecError(f"malformed request: {exc}"))
             return
         await self._respond(msg, handler, request)
+
+    async def _refuse(self, msg: Any, port: NodePort, actor: str, sender_node: str) -> None:
+        why = f"{actor}@{port.node} does not serve node {sender_node!r} (not a configured client)"
+        self._reject(port, actor, msg, why)
+        await self._respond_error(msg, NotAllowed(why))
 
     async def _answer_ask(self, msg: Any, port: NodePort, actor: str) -> None:
         sender_node = msg.subject.rsplit(".", 1)[-1]

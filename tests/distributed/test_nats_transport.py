@@ -20,7 +20,7 @@ from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Decision, Prepare, Protocol, Timeouts
 from dtxn.protocols.saga import RetryPolicy, SagaDefinition, SagaStep
 from dtxn.protocols.saga.records import SagaState
-from dtxn.runtime import Runtime, UnknownNode
+from dtxn.runtime import Runtime, UnknownNode, UnknownTransaction
 from dtxn.runtime.hosting.saga_steps import ActorStep
 from dtxn.runtime.hosting.sagas import StepCall, StepError
 from dtxn.runtime.servers import NatsServer, nats_server
@@ -404,3 +404,34 @@ async def test_a_server_can_be_restarted_on_its_port(tmp_path: Path) -> None:
         assert isinstance(server, NatsServer)
         nc = await nats.connect(url)
         await nc.close()
+
+
+async def test_a_gateway_runs_transactions_only_for_its_configured_clients() -> None:
+    """Issue 14, finding 5: a participant node's own credentials could submit
+    transfers through the coordinator's gateway; `[gateway] clients` stops that."""
+    from dtxn.runtime.cli.node import GATEWAY, TransactReply, TransactRequest, gateway, submit
+
+    async with nats_server() as server, AsyncExitStack() as stack:
+        ledger = Ledger()
+        t_bank = await stack.enter_async_context(NatsTransport(server.url))
+        await stack.enter_async_context(
+            Runtime("bank-a", transport=t_bank, resources={"ledger": ledger}, timeouts=FAST)
+        )
+        t_coord = await stack.enter_async_context(NatsTransport(server.url))
+        coord = await stack.enter_async_context(
+            Runtime("coord", transport=t_coord, timeouts=FAST)
+        )
+        t_coord.serve("coord", GATEWAY, gateway(coord), TransactRequest, clients=["teller"])
+        t_teller = await stack.enter_async_context(NatsTransport(server.url))
+        await stack.enter_async_context(Runtime("teller", transport=t_teller))
+
+        with pytest.raises(RemoteError, match=r"NotAllowed: .*not a configured client"):
+            await submit(t_bank, "coord", {"ledger@bank-a": -10}, client="bank-a",
+                         txid="stolen", timeout_s=5.0)
+        assert t_coord.statistics().rejected == 1
+        with pytest.raises(UnknownTransaction):
+            coord.status("stolen")  # nothing was started
+
+        reply = await submit(t_teller, "coord", {"ledger@bank-a": -10}, client="teller",
+                             timeout_s=5.0)
+        assert isinstance(reply, TransactReply) and reply.outcome == "committed"

@@ -80,6 +80,12 @@ def test_a_good_config_loads_with_paths_relative_to_the_file(tmp_path: Path) -> 
     assert config.resources[0].options == {"vote": "yes"}
 
 
+def test_a_gateway_names_the_clients_it_serves(tmp_path: Path) -> None:
+    assert load(write(tmp_path, GOOD)).gateway.clients is None  # any node, as before
+    text = GOOD.replace("enabled = true", 'enabled = true\nclients = ["web", "teller-1"]')
+    assert load(write(tmp_path, text)).gateway.clients == ["web", "teller-1"]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

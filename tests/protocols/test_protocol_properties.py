@@ -209,7 +209,7 @@ def two_participant_paths() -> list[Path]:
             make,
             (*prepared, rx(Decision(TX, C, True)), ResourceApplied(ResourceOp.COMMIT)),
         ),
-        Path("aborting", make, (*prepared, rx(Decision(TX, P2, False)))),
+        Path("aborting", make, (*prepared, rx(Decision(TX, C, False)))),
         Path(
             "aborted-after-yes",
             make,

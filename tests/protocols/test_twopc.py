@@ -205,7 +205,9 @@ def test_an_in_doubt_participant_asks_the_coordinator_and_finishes() -> None:
 # -- cooperative termination -----------------------------------------------------
 
 
-def test_an_in_doubt_participant_adopts_the_outcome_of_a_peer_that_decided() -> None:
+def test_an_in_doubt_participant_waits_for_the_coordinator_though_a_peer_answers_commit() -> None:
+    """A peer's COMMIT could be invented by a compromised member: only the
+    coordinator's decision is applied (docs/protocols.md, "Who may decide")."""
     cluster = Cluster(participants=2)
     cluster.begin()
     # The coordinator dies after its COMMIT went to P1 only.
@@ -217,8 +219,11 @@ def test_an_in_doubt_participant_adopts_the_outcome_of_a_peer_that_decided() -> 
     cluster.fire(P2, DECISION_TIMER)
     cluster.settle()  # the request to the coordinator is lost; P1 answers from memory
 
-    assert cluster.outcome(P2) is COMMITTED
     assert Decision("t1", P1, True) in cluster.received(P2)
+    assert cluster.in_doubt(P2)
+    cluster.restart(COORDINATOR)
+    cluster.settle()
+    assert cluster.outcome(P2) is COMMITTED
 
 
 def test_a_peer_that_has_not_voted_aborts_durably_and_answers_abort() -> None:
@@ -232,7 +237,8 @@ def test_a_peer_that_has_not_voted_aborts_durably_and_answers_abort() -> None:
     cluster.fire(P1, DECISION_TIMER)
     cluster.settle()
 
-    assert cluster.outcome(P1) is ABORTED
+    # P2's abort is its own, but P1 cannot tell it from a lie: it waits for the coordinator.
+    assert cluster.in_doubt(P1)
     assert cluster.forced(P2) == [PartAborted("t1")]
     # P2's late yes from the resource is turned into a local abort, never a vote.
     cluster.release(P2)
@@ -245,6 +251,10 @@ def test_a_peer_that_has_not_voted_aborts_durably_and_answers_abort() -> None:
     cluster.inject(COORDINATOR, P2, Prepare("t1", COORDINATOR, Protocol.TWO_PC, (P1, P2)))
     cluster.settle()
     assert cluster.sent(P2, VoteCast) == [VoteCast("t1", P2, Vote.NO)]
+    cluster.restart(COORDINATOR)
+    cluster.fire(P1, DECISION_TIMER)  # it asks again and hears presumed abort
+    cluster.settle()
+    assert cluster.outcome(P1) is ABORTED
 
 
 def test_when_every_reachable_peer_is_uncertain_the_participant_stays_blocked() -> None:
@@ -484,7 +494,11 @@ def test_a_read_only_peer_never_vouches_for_commit_when_the_transaction_aborted(
     cluster.deliver(DecisionRequest, dst=P1)
     cluster.deliver(src=P1, dst=P2)
     assert cluster.in_doubt(P2)  # the read-only peer could not tell
-    cluster.settle()  # P3 voted no and answers abort
+    cluster.settle()  # P3 voted no and answers abort, which is not the coordinator's word
+    assert cluster.in_doubt(P2)
+    cluster.restart(COORDINATOR)
+    cluster.fire(P2, DECISION_TIMER)  # it asks again and hears presumed abort
+    cluster.settle()
     assert cluster.outcome(P2) is ABORTED
 
 

@@ -66,7 +66,7 @@ class SlowToVote(SqliteResource):
 
 def _no_coordinator_decisions(to: Address, message: object) -> bool:
     # The coordinator's own abort (on its vote timeout) never arrives, so pb
-    # learns the outcome from its peer pa, as in the finding.
+    # asks its peer pa, as in the finding (in 3PC it learns the outcome from it).
     return not (isinstance(message, Decision) and message.sender == "coordinator@coord")
 
 
@@ -106,7 +106,13 @@ async def test_a_branch_prepared_while_aborted_on_inquiry_is_rolled_back_after_a
         ((txid,),) = query(path_a, "SELECT txid FROM dtxn_prepared")
         assert node_a.rt is not None and node_b.rt is not None
         pb = node_b.rt.participants["ledger"]
-        await eventually(lambda: pb.finished.get(txid) is Outcome.ABORTED)
+        if protocol == "3pc":
+            await eventually(lambda: pb.finished.get(txid) is Outcome.ABORTED)
+        else:
+            # A 2PC participant applies only its coordinator's decision (finding 5):
+            # pb stays in doubt, but its inquiry made pa abort from PREPARING.
+            rt_a = node_a.rt
+            await eventually(lambda: rt_a.status(txid).roles == {"ledger": "aborted"})
         # pa answered "abort" from PREPARING: its p-abort is forced, its vote not sent.
         assert node_a.rt.status(txid).roles == {"ledger": "aborted"}
         assert leftovers(path_a) == (1, 1, 1)
@@ -120,6 +126,10 @@ async def test_a_branch_prepared_while_aborted_on_inquiry_is_rolled_back_after_a
             # The recovered participant reapplies the abort the crash cut off.
             await eventually(lambda: restarted.status(txid).outcome == "aborted")
             await eventually(lambda: leftovers(path_a) == (0, 0, 0))
+            if protocol == "2pc":
+                # pb hears the coordinator's abort on its next inquiry.
+                transport.fault = None
+                await eventually(lambda: pb.finished.get(txid) is Outcome.ABORTED)
             assert balance(path_a) + balance(path_b) == 200
             transport.fault = None
             later = await rt.transact({"ledger@bank-a": -5, "ledger@bank-b": 5}, protocol=protocol)
@@ -163,10 +173,16 @@ async def test_a_participant_that_aborted_on_inquiry_aborts_its_branch_once_prep
         tg.start_soon(transfer)
         await slow.prepared_locally.wait()
         ((txid,),) = query(path_a, "SELECT txid FROM dtxn_prepared")
-        await eventually(lambda: pb.finished.get(txid) is Outcome.ABORTED)
+        # pb's inquiry makes pa abort from PREPARING; pb itself waits for the
+        # coordinator's word (a 2PC participant applies no peer's decision).
+        rt_a = node_a.rt
+        assert rt_a is not None
+        await eventually(lambda: rt_a.status(txid).roles == {"ledger": "aborted"})
         slow.gate.set()
         await eventually(lambda: pa.finished.get(txid) is Outcome.ABORTED)
         assert leftovers(path_a) == (0, 0, 0)
+        transport.fault = None
+        await eventually(lambda: pb.finished.get(txid) is Outcome.ABORTED)
         assert (balance(path_a), balance(path_b)) == (100, 100)
         await eventually(lambda: bool(first))
         assert first[0].outcome is Outcome.ABORTED

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from dtxn.protocols.effects import Effect, ForceLog, InvokeResource, ResourceOp, Send
-from dtxn.protocols.messages import Protocol, VoteCast
+from dtxn.protocols.messages import Decision, Protocol, VoteCast
 from dtxn.protocols.twopc import DECISION_TIMER, PartState, TwoPCCoordinator, TwoPCParticipant
-from dtxn.runtime.sim import Scenario, SimulationFailure, check, failing, random_scenario
+from dtxn.runtime.sim import Scenario, SimulationFailure, check, failing, random_scenario, run
 from dtxn.runtime.wal import MemoryWal
 from dtxn.testing import scenarios
 from hypothesis import HealthCheck, Phase, find, settings
@@ -66,6 +66,16 @@ class ForgetsAbortCutOffByCrash(TwoPCParticipant):
     def _resume(self) -> list[Effect]:
         self.abort_unapplied = False
         return super()._resume()
+
+
+class TrustsAnyDecision(TwoPCParticipant):
+    """Applies a decision from anyone, as if every sender were its coordinator
+    (issue 14, finding 5): a compromised node's forged decisions split transactions."""
+
+    def _on_decision(self, message: Decision) -> list[Effect]:
+        return super()._on_decision(
+            Decision(message.txid, self.coordinator, message.commit)
+        )
 
 
 def swap(coordinator: type | None = None, participant: type | None = None) -> Callable[[Any], Any]:
@@ -191,3 +201,24 @@ def test_the_minimal_schedule_for_a_mutant_replays_to_the_same_failure() -> None
     assert len(small.faults) <= len(scenario.faults)
     with pytest.raises(SimulationFailure):
         check(small, machine_factory=factory, shrink=False)
+
+
+def test_a_participant_that_applies_a_decision_from_anyone_is_caught() -> None:
+    # The forge fault: a compromised participant node sends decisions nobody
+    # made, in its own name and (rejected by the network) in other nodes'.
+    scenario = swept(swap(participant=TrustsAnyDecision), {"F"})
+    assert any(f.kind == "forge" for f in scenario.faults)
+    assert not failing(scenario)  # the real participant passes the same schedule
+
+
+def test_the_network_rejects_forged_decisions_in_another_nodes_name() -> None:
+    forged = "2pc n=3 seed=7 drop=0 dup=0 delay=0.001 jitter=0 ; tx@0.1 p1=y,p2=y,p3=n ; "
+    forged += "forge@0.1 p2"
+    result = run(Scenario.parse(forged))
+    rejected = [d for _, what, d in result.trace if what == "rejected"]
+    through = [d for _, what, d in result.trace if what == "deliver forged"]
+    # In the coordinator's name: rejected; in p2's own: delivered, and ignored.
+    assert rejected and all(not d.message.sender.endswith("@p2") for d in rejected)
+    assert through and all(d.message.sender == "r@p2" for d in through)
+    assert result.violations == []
+    assert result.outcomes["t0"] == "aborted"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dtxn.protocols.errors import DtxnError
-from dtxn.protocols.messages import Timeouts, Vote
+from dtxn.protocols.messages import Decision, Timeouts, Vote
 from dtxn.runtime._runtime import Runtime
 from dtxn.runtime.hosting import LOG_DECODER
 from dtxn.runtime.hosting.coordinator import TxnOutcome
@@ -45,6 +45,7 @@ from dtxn.runtime.sim.atomic._hooks import (
 )
 from dtxn.runtime.sim.atomic._scenario import COORDINATOR_NODE, Fault, Scenario, TxnSpec
 from dtxn.runtime.sim.invariants import Checker
+from dtxn.runtime.transport import Address
 from dtxn.runtime.wal import MemoryWal, WalError
 
 __all__ = ["LIVENESS_BOUND_S", "SimCluster", "bind_fault"]
@@ -91,6 +92,8 @@ class SimCluster(TracedRun):
         self.net = SimTransport(self.rng, trace=self.trace)
         self.net.on_send.append(self._on_send)
         self.net.on_deliver.append(self._on_deliver)
+        self.net.on_forged.append(self._on_forged)
+        self.forge_rng = stream(scenario.seed, "forge")
         self.txids = [f"t{i}" for i in range(len(scenario.txns))]
         members = {
             txid: tuple(f"{RESOURCE}@p{p}" for p in spec.participants)
@@ -120,6 +123,24 @@ class SimCluster(TracedRun):
     def _on_deliver(self, to: Any, message: object) -> None:
         self.checker.now_s = self.now()
         self.checker.on_deliver(f"{to.actor}@{to.node}", message)
+
+    def _on_forged(self, to: Any, message: object) -> None:
+        self.checker.now_s = self.now()
+        self.checker.on_forged(f"{to.actor}@{to.node}", message)
+
+    def forge(self, name: str) -> None:
+        """Node `name`, compromised, sends decisions nobody made (the `forge` fault)."""
+        rng = self.forge_rng
+        coordinator = f"coordinator@{COORDINATOR_NODE}"
+        for txid, members in list(self.members.items()):
+            for target in (*members, coordinator):
+                if target.rpartition("@")[2] == name:
+                    continue
+                others = [m for m in members if m != target]
+                for claimed in (f"{RESOURCE}@{name}", coordinator, *others):
+                    decision = Decision(txid, claimed, rng.random() < 0.5)
+                    actor, _, node = target.partition("@")
+                    self.net.send_as(name, Address(node, actor), decision)
 
     def applied(self, pid: str, txid: str, op: str) -> None:
         self.note("apply", (op, txid, "at", pid))
@@ -422,6 +443,8 @@ def bind_fault(sim: SimCluster, fault: Fault) -> Callable[[], Any]:
                     node.fsync_failures += 1
                     node.wal.fail_next_commit()
             return None
+        if fault.kind == "forge":
+            return _forge(sim, fault.nodes)
         if fault.kind == "part":
             sim.net.partition(*fault.groups)
             return None
@@ -431,6 +454,23 @@ def bind_fault(sim: SimCluster, fault: Fault) -> Callable[[], Any]:
         raise ValueError(f"unknown fault kind {fault.kind!r}")
 
     return apply
+
+
+# When a compromised node forges again after the fault strikes: the
+# transactions it knows are then at different stages.
+FORGE_AT_S = (0.0, 0.2, 0.5, 1.0, 2.0)
+
+
+async def _forge(sim: SimCluster, names: tuple[str, ...]) -> None:
+    start_s = sim.now()
+    for at_s in FORGE_AT_S:
+        delay_s = start_s + at_s - sim.now()
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)  # noqa: TID251 - virtual time
+        for name in names:
+            if name != COORDINATOR_NODE and name in sim.nodes:
+                sim.note("forge", name)
+                sim.forge(name)
 
 
 async def _restart_all(sim: SimCluster, names: tuple[str, ...]) -> None:

@@ -55,9 +55,14 @@ VOTE_LETTERS = {vote: code for code, vote in VOTE_CODES.items()}
 # fsyncs wait, then it resumes (SIGCONT) with stale timers and queued messages.
 # 3PC assumes no such thing (its timeouts are its failure detector), so only
 # 2PC draws it by default (`pauses`).
+# `forge` compromises a participant node from then on: it sends decisions
+# nobody made (both outcomes, for every transaction it has seen) to the
+# members and the coordinator, in its own actor's name and in other nodes'
+# (the network rejects those, as NATS subject permissions do). The
+# coordinator node is never the forger: its word is the decision.
 NODE_FAULTS = (
     "crash", "restart", "stall", "resume", "fsyncfail", "crashforce", "crashforced",
-    "crashvote", "walcut", "pause",
+    "crashvote", "walcut", "pause", "forge",
 )
 FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
 
@@ -176,13 +181,16 @@ def random_scenario(
     partitions: bool | None = None,
     storage: bool | None = None,
     pauses: bool | None = None,
+    forgery: bool | None = None,
 ) -> Scenario:
     """A random scenario drawn from `seed` (swarm testing: fault rates are drawn too).
 
     By default 3PC gets neither partitions, message loss, storage faults nor
     pauses: its model is fail-stop with reliable links and accurate timeouts,
     which a lost message, a stalled fsync or a paused process breaks. Message
-    loss comes with `partitions`.
+    loss comes with `partitions`. Nor does it get forged decisions (`forgery`): its
+    termination protocol lets any member decide as the elected backup, so a
+    compromised member is outside its model (docs/protocols.md, "Who may decide").
     """
     proto = Protocol(protocol)
     rng = stream(seed, "scenario")
@@ -192,6 +200,8 @@ def random_scenario(
         storage = proto is Protocol.TWO_PC
     if pauses is None:
         pauses = proto is Protocol.TWO_PC
+    if forgery is None:
+        forgery = proto is Protocol.TWO_PC
     names = [COORDINATOR_NODE, *(f"p{i}" for i in range(1, participants + 1))]
     specs = []
     for _ in range(txns):
@@ -211,6 +221,8 @@ def random_scenario(
             kinds += ["stall", "resume", "fsyncfail", "walcut"]
         if pauses:
             kinds.append("pause")
+        if forgery:
+            kinds += ["forge"]
         kind = rng.choice(kinds)
         if kind == "crashvote":
             # Armed while transactions are being submitted (it strikes a prepare).
@@ -221,6 +233,8 @@ def random_scenario(
             at_s = round(rng.uniform(0.1, 1.0), 3)
         if kind == "walcut":
             events.append(Fault(at_s, kind, nodes=(COORDINATOR_NODE,)))
+        elif kind == "forge":
+            events.append(Fault(at_s, kind, nodes=(rng.choice(names[1:]),)))
         elif kind in NODE_FAULTS:
             events.append(Fault(at_s, kind, nodes=(rng.choice(names),)))
         elif kind == "part":
