@@ -260,8 +260,8 @@ def check(
             scenario, resource_factory=resource_factory, runtime_hook=runtime_hook,
             machine_factory=machine_factory, user=user,
         )
-        raise SimulationFailure(small, violations)
-    raise SimulationFailure(scenario, result.violations)
+        raise SimulationFailure(small, violations, user=resource_factory is not None)
+    raise SimulationFailure(scenario, result.violations, user=resource_factory is not None)
 
 
 def _in_hypothesis_test() -> bool:

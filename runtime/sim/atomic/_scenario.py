@@ -66,8 +66,15 @@ FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
 class SimulationFailure(ScheduleFailure["Scenario"]):
     """Raised when a simulated run breaks an invariant; the message says how to replay it."""
 
-    def __init__(self, scenario: Scenario, violations: list[Violation]) -> None:
-        super().__init__(scenario, violations, "simulation", dtxn_replay)
+    def __init__(self, scenario: Scenario, violations: list[Violation], *,
+                 user: bool = False) -> None:
+        # `dtxn replay` runs the scripted resources: a failure of yours replays with check.
+        replay = _check_call if user else dtxn_replay
+        super().__init__(scenario, violations, "simulation", replay)
+
+
+def _check_call(text: str) -> str:
+    return f"check({text!r}, resource_factory=..., final_check=...)"
 
 
 class TxnSpec(msgspec.Struct, frozen=True):
