@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from dtxn.protocols.messages import Vote
 from dtxn.runtime.resource import Resource
@@ -162,6 +163,16 @@ def test_the_user_payload_reaches_prepare_and_the_schedule_carries_it() -> None:
     assert result.decisions == {"t0": "committed"}
     assert made["p1"].on_hand == 97 and made["p2"].on_hand == 96
     assert Scenario.parse(scenario.text()) == scenario
+
+
+def test_payloads_with_separators_and_spaces_round_trip_through_the_schedule_line() -> None:
+    scenario = Scenario.parse("2pc n=2 seed=3 drop=0 dup=0 delay=0.001 jitter=0 ; tx@0 p1 "
+                              "payloads=[1]")
+    odd = msgspec.structs.replace(scenario, txns=(msgspec.structs.replace(
+        scenario.txns[0], payloads=({"sku": "a b; c", "qty": [1, None, True]},)),))
+    assert Scenario.parse(odd.text()) == odd
+    with pytest.raises(ValueError, match="one payload per participant"):
+        Scenario.parse("2pc n=2 seed=3 ; tx@0 p1,p2 payloads=[1]")
 
 
 class Broken:
