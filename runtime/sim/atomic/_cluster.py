@@ -22,7 +22,7 @@ from typing import Any
 
 from dtxn.protocols.errors import DtxnError
 from dtxn.protocols.messages import Prepare, Timeouts
-from dtxn.runtime._runtime import Runtime
+from dtxn.runtime._runtime import Runtime, UnknownTransaction
 from dtxn.runtime.hosting import LOG_DECODER
 from dtxn.runtime.hosting.coordinator import TxnOutcome
 from dtxn.runtime.resource import Resource
@@ -69,8 +69,10 @@ class _Node(SimNode):
         # Armed redelivery faults: crash right after the resource next applies
         # each of these ops ("prepare", "commit", "abort").
         self.crash_after: set[str] = set()
-        # Set while the node restarts from a `crashprepare`: its PREPARE comes again.
-        self.bouncing = False
+        # The txid whose PREPARE comes again while the node restarts from a `crashprepare`.
+        self.bouncing: str | None = None
+        # Txids whose branch a `crashprepare` restart kept for the redelivered PREPARE.
+        self.kept: set[str] = set()
         self.booting: asyncio.Event | None = None
 
 
@@ -167,18 +169,22 @@ class SimCluster(TracedRun):
         return True
 
     async def _bounce(self, node: _Node, seen: tuple[Any, Prepare] | None) -> None:
-        node.bouncing = True
+        # The branch is kept only if its PREPARE is sure to come again: a copy
+        # that never arrives would leave a hold no protocol step ever ends.
+        if seen is not None and self.net.connected(seen[1].sender.rpartition("@")[2], node.name):
+            node.bouncing = seen[1].txid
         try:
             await self.start(node)
         finally:
-            node.bouncing = False
-        if seen is not None and node.up:
+            keep, node.bouncing = node.bouncing, None
+        if seen is not None and keep is not None and node.up:
             self.note("redeliver", (node.name, seen[1].txid))
-            self.net.send_nowait(*seen)
+            node.kept.add(seen[1].txid)
+            self.net.redeliver(*seen)
 
-    def keeps_branches(self, pid: str) -> bool:
+    def kept_branch(self, pid: str) -> str | None:
         node = self.nodes.get(pid.rpartition("@")[2])
-        return node is not None and node.bouncing
+        return node.bouncing if node is not None else None
 
     def held(self, pid: str, txid: str) -> None:
         self.checker.on_held(pid, txid)
@@ -364,10 +370,34 @@ class SimCluster(TracedRun):
                 # An fsync failure injected earlier may still stop a node now.
                 if not node.up and (node.task is None or node.task.done()):
                     await self.start(node)
+        await self._reconcile_kept()
         unfinished = self.unfinished()
         committed = [t for t, o in self.outcomes.items() if o == "committed"]
         self.checker.now_s = self.now()
         self.checker.finish(committed, unfinished)
+
+    async def _reconcile_kept(self) -> None:
+        """Roll back a kept branch its node's log never heard of, as a restart would.
+
+        A `crashprepare` restart keeps the branch for the PREPARE it redelivers;
+        when the transaction ended before that copy was processed, the log
+        does not know it, and only the resource's own reconciliation (what
+        `RecordingResource.recover` stands in for at start) can end it.
+        """
+        for node in self.nodes.values():
+            rt = node.rt
+            if rt is None or not node.kept:
+                continue
+            pid = f"{RESOURCE}@{node.name}"
+            for txid in sorted(node.kept):
+                if txid not in self.checker.holding(pid):
+                    continue
+                try:
+                    rt.status(txid)
+                except UnknownTransaction:
+                    self.note("reconcile", (pid, txid))
+                    await node.resources[RESOURCE].abort(txid)
+            node.kept.clear()
 
     async def shutdown(self) -> None:
         for node in self.nodes.values():

@@ -47,8 +47,8 @@ class AppliedSink(TypingProtocol):
 
     def held(self, pid: str, txid: str) -> None: ...
 
-    def keeps_branches(self, pid: str) -> bool:
-        """Whether `pid` restarts from a `crashprepare`, its prepared branches kept."""
+    def kept_branch(self, pid: str) -> str | None:
+        """The txid whose branch `pid` keeps as it restarts from a `crashprepare`, if any."""
         ...
 
     def crash_after_prepare(self, pid: str) -> float | None:
@@ -142,11 +142,12 @@ class RecordingResource:
         if isinstance(self.inner, Recoverable):
             await self._call(self.inner.recover(runtime))
             return
-        if self.sim.keeps_branches(self.pid):
-            # What a resource without `recover` does in production: nothing, so
-            # the redelivered PREPARE finds the branch it already prepared.
-            return
+        # The branch a `crashprepare` struck stays, as a resource without
+        # `recover` leaves it in production: the redelivered PREPARE finds it.
+        kept = self.sim.kept_branch(self.pid)
         for txid in self.sim.holding(self.pid):
+            if txid == kept:
+                continue
             try:
                 runtime.status(txid)
             except UnknownTransaction:
