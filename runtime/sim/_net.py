@@ -181,6 +181,17 @@ class SimTransport:
         for hook in self.on_forged:
             hook(to, message)
         port.deliver_nowait(to.actor, message)
+    def redeliver(self, to: Address, message: object) -> None:
+        """Deliver a copy of `message` now: a duplicate the network made earlier, never dropped.
+
+        A redelivery fault uses it, so the copy it is about reaches the node
+        whatever the drop rate (a partition still cuts it).
+        """
+        sender = _sender_node(message)
+        self.sent += 1
+        for hook in self.on_send:
+            hook(sender, to, message)
+        self._deliver(sender, to, message)
 
     # -- faults ----------------------------------------------------------------
 

@@ -186,6 +186,16 @@ class Checker:
             detail += f" (caused by {cause!r})"
         self._fail("E", "-", detail)
 
+    def decisions(self) -> dict[str, str]:
+        """Each decided transaction's outcome: "committed", "aborted" (or "split", an S1 break)."""
+        found: dict[str, str] = {}
+        for txid, groups in self._by_outcome.items():
+            committed, aborted = bool(groups.get("committed")), bool(groups.get("aborted"))
+            if committed or aborted:
+                found[txid] = "split" if committed and aborted else (
+                    "committed" if committed else "aborted")
+        return found
+
     # -- the end -------------------------------------------------------------------
 
     def finish(

@@ -14,6 +14,7 @@ compensations (see `dtxn.testing.sagas`).
 
 from dtxn.runtime.sim import (
     Fault,
+    FinalCheck,
     NetworkFaults,
     Scenario,
     ScriptedResource,
@@ -45,6 +46,7 @@ from dtxn.testing.sagas import (
 from dtxn.testing.strategies import (
     fault_schedules,
     network_faults,
+    redelivery_faults,
     scenarios,
     transactions,
     workloads,
@@ -52,6 +54,7 @@ from dtxn.testing.strategies import (
 
 __all__ = [
     "Fault",
+    "FinalCheck",
     "NetworkFaults",
     "SagaEffects",
     "SagaFault",
@@ -72,6 +75,7 @@ __all__ = [
     "fault_schedules",
     "minimize",
     "network_faults",
+    "redelivery_faults",
     "run",
     "run_saga_scenario",
     "saga_fault_schedules",

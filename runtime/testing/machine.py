@@ -5,9 +5,11 @@
     TestCluster = ClusterMachine.TestCase
 
 Rules submit transactions, let virtual time pass, crash and restart nodes,
-partition and heal the network; the invariant checkers run after every rule,
-stall or fail fsyncs; teardown runs the liveness phase. Subclass it to change the protocol,
-the number of participants, or to plug in your own resources.
+partition and heal the network, stall or fail fsyncs, and crash a node at a
+force or right after its resource applied a prepare, commit or abort (so the
+call is redelivered); the invariant checkers run after every rule, and
+teardown runs the liveness phase. Subclass it to change the protocol, the
+number of participants, or to plug in your own resources.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ class ClusterMachine(RuleBasedStateMachine):
     def heal(self) -> None:
         self._cluster().heal()
 
-    @rule(kind=st.sampled_from(["crashforce", "crashforced", "crashvote"]),
+    @rule(kind=st.sampled_from(["crashforce", "crashforced", "crashvote", "crashcommit",
+                                "crashabort", "crashprepare"]),
           node=st.sampled_from(node_names(PARTICIPANTS)))
     def crash_at_a_force(self, kind: str, node: str) -> None:
         cluster = self._cluster()

@@ -10,10 +10,21 @@
 Every strategy draws plain data (a `Scenario`), so hypothesis shrinks it and
 prints it; the run itself is deterministic in the scenario, as stateful and
 shrinking tests need.
+
+`payloads=` (a strategy) gives your resources your own prepare payloads, one
+drawn per participant of each transaction, instead of scripted votes: your
+`prepare` then decides the vote. `scenarios` also draws redelivery faults
+(`redelivery_faults`): each crashes a participant of a transaction right
+after its resource applied that transaction's prepare, commit or abort
+(commit most often), before the participant logged it, so the resource is
+called again for the same txid - the moment a non-idempotent resource breaks.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from dtxn.protocols.messages import Protocol, Vote
 from dtxn.runtime.sim import (
     COORDINATOR_NODE,
@@ -26,7 +37,14 @@ from dtxn.runtime.sim import (
 )
 from hypothesis import strategies as st
 
-__all__ = ["fault_schedules", "network_faults", "scenarios", "transactions", "workloads"]
+__all__ = [
+    "fault_schedules",
+    "network_faults",
+    "redelivery_faults",
+    "scenarios",
+    "transactions",
+    "workloads",
+]
 
 TIMES_S = st.integers(0, 2000).map(lambda ms: ms / 1000)
 SUBMIT_TIMES_S = st.integers(0, 500).map(lambda ms: ms / 1000)
@@ -37,21 +55,62 @@ def node_names(participants: int) -> list[str]:
     return [COORDINATOR_NODE, *(f"p{i}" for i in range(1, participants + 1))]
 
 
+def as_json(payload: Any) -> Any:
+    """`payload` as a replayed schedule carries it: its JSON form (TypeError if it has none)."""
+    try:
+        return msgspec.json.decode(msgspec.json.encode(payload))
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"a prepare payload must encode as JSON to replay, got {payload!r}: "
+                        f"{exc}") from exc
+
+
 @st.composite
-def transactions(draw: st.DrawFn, participants: int = 3) -> TxnSpec:
-    """One transaction: a non-empty set of participant nodes, each with a scripted vote."""
+def transactions(draw: st.DrawFn, participants: int = 3,
+                 payloads: st.SearchStrategy[Any] | None = None) -> TxnSpec:
+    """One transaction: a non-empty set of participant nodes, each with a scripted vote.
+
+    With `payloads`, each participant gets a payload drawn from it (in its
+    JSON form, as a replay gives it) and its resource decides the vote.
+    """
     chosen = draw(st.lists(st.integers(1, participants), min_size=1, max_size=participants,
                            unique=True))
     chosen.sort()
+    at_s = draw(SUBMIT_TIMES_S)
+    if payloads is not None:
+        drawn = tuple(as_json(draw(payloads)) for _ in chosen)
+        return TxnSpec(at_s, tuple(chosen), (Vote.YES,) * len(chosen), drawn)
     votes = tuple(draw(VOTES) for _ in chosen)
-    return TxnSpec(draw(SUBMIT_TIMES_S), tuple(chosen), votes)
+    return TxnSpec(at_s, tuple(chosen), votes)
 
 
 def workloads(
-    participants: int = 3, *, max_txns: int = 3
+    participants: int = 3, *, max_txns: int = 3,
+    payloads: st.SearchStrategy[Any] | None = None,
 ) -> st.SearchStrategy[tuple[TxnSpec, ...]]:
     """A workload: 1..max_txns transactions over `participants` nodes."""
-    return st.lists(transactions(participants), min_size=1, max_size=max_txns).map(tuple)
+    return st.lists(transactions(participants, payloads), min_size=1,
+                    max_size=max_txns).map(tuple)
+
+
+# Commit and prepare redelivery are what users' resources get wrong most often.
+REDELIVERY_KINDS = st.sampled_from(["crashcommit", "crashprepare", "crashabort", "crashcommit",
+                                   "crashprepare"])
+
+
+@st.composite
+def _redelivery(draw: st.DrawFn, txns: tuple[TxnSpec, ...]) -> Fault:
+    # Armed at one transaction's submit time on one of its participants, so it
+    # strikes that transaction's call unless an earlier one comes first.
+    txn = draw(st.sampled_from(txns))
+    node = f"p{draw(st.sampled_from(txn.participants))}"
+    return Fault(txn.at_s, draw(REDELIVERY_KINDS), nodes=(node,))
+
+
+def redelivery_faults(
+    txns: tuple[TxnSpec, ...], *, max_faults: int = 2
+) -> st.SearchStrategy[tuple[Fault, ...]]:
+    """Up to `max_faults` redelivery faults aimed at the participants of `txns`."""
+    return st.lists(_redelivery(txns), max_size=max_faults).map(tuple)
 
 
 @st.composite
@@ -123,8 +182,13 @@ def scenarios(
     forgery: bool | None = None,
     max_txns: int = 3,
     max_faults: int = 4,
+    payloads: st.SearchStrategy[Any] | None = None,
+    max_redeliveries: int = 2,
 ) -> Scenario:
-    """A whole scenario.
+    """A whole scenario: a workload, timed faults, redelivery faults, network fault rates.
+
+    `payloads` draws your own prepare payloads (see `transactions`);
+    `max_redeliveries=0` leaves out the redelivery faults.
 
     3PC stays in its fail-stop model (no partitions, reliable links, no stalled
     fsyncs, never every process of a transaction down) unless
@@ -139,9 +203,12 @@ def scenarios(
         storage = proto is Protocol.TWO_PC
     if forgery is None:
         forgery = proto is Protocol.TWO_PC
-    txns = draw(workloads(participants, max_txns=max_txns))
+    txns = draw(workloads(participants, max_txns=max_txns, payloads=payloads))
     faults = draw(fault_schedules(participants, partitions=partitions, storage=storage,
                                   max_faults=max_faults, forgery=forgery))
+    if max_redeliveries:
+        faults = tuple(sorted(faults + draw(redelivery_faults(txns, max_faults=max_redeliveries)),
+                              key=lambda f: f.at_s))
     if proto is Protocol.THREE_PC and not partitions and not storage:
         faults = tuple(fail_stop(list(faults), list(txns)))
     seed = draw(st.integers(0, 2**32 - 1))

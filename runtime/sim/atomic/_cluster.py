@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dtxn.protocols.errors import DtxnError
-from dtxn.protocols.messages import Decision, Timeouts, Vote
-from dtxn.runtime._runtime import Runtime
+from dtxn.protocols.messages import Decision, Prepare, Timeouts, Vote
+from dtxn.runtime._runtime import Runtime, UnknownTransaction
 from dtxn.runtime.hosting import LOG_DECODER
 from dtxn.runtime.hosting.coordinator import TxnOutcome
 from dtxn.runtime.resource import Resource
@@ -43,7 +43,14 @@ from dtxn.runtime.sim.atomic._hooks import (
     ScriptedResource,
     SimCoordinatorHost,
 )
-from dtxn.runtime.sim.atomic._scenario import COORDINATOR_NODE, Fault, Scenario, TxnSpec
+from dtxn.runtime.sim.atomic._offload import ResourceLoop, needs_real_loop
+from dtxn.runtime.sim.atomic._scenario import (
+    COORDINATOR_NODE,
+    REDELIVERY_FAULTS,
+    Fault,
+    Scenario,
+    TxnSpec,
+)
 from dtxn.runtime.sim.invariants import Checker
 from dtxn.runtime.transport import Address
 from dtxn.runtime.wal import MemoryWal, WalError
@@ -72,6 +79,14 @@ class _Node(SimNode):
         self.resources = resources
         self.fsync_failures = 0
         self.paused = False
+        # Armed redelivery faults: crash right after the resource next applies
+        # each of these ops ("prepare", "commit", "abort").
+        self.crash_after: set[str] = set()
+        # The txid whose PREPARE comes again while the node restarts from a `crashprepare`.
+        self.bouncing: str | None = None
+        # Txids whose branch a `crashprepare` restart kept for the redelivered PREPARE.
+        self.kept: set[str] = set()
+        self.booting: asyncio.Event | None = None
 
 
 class SimCluster(TracedRun):
@@ -105,14 +120,30 @@ class SimCluster(TracedRun):
         self.nodes: dict[str, _Node] = {
             COORDINATOR_NODE: _Node(COORDINATOR_NODE, MemoryWal(node=COORDINATOR_NODE), {})
         }
+        # Resources with a lifecycle (`async def start()`) do real IO: they run
+        # on a real loop, started before the nodes boot and closed at the end.
+        self.resource_loop: ResourceLoop | None = None
+        self.user_resources: dict[str, Resource] = {}
+        self._started: list[Any] = []
         for i in range(1, scenario.participants + 1):
             name = f"p{i}"
             pid = f"{RESOURCE}@{name}"
+            inner = self.user_resources[name] = factory(name)
+            offload = None
+            if needs_real_loop(inner):
+                if self.resource_loop is None:
+                    self.resource_loop = ResourceLoop()
+                offload = self.resource_loop
             self.nodes[name] = _Node(
-                name, MemoryWal(node=name), {RESOURCE: RecordingResource(factory(name), pid, self)}
+                name, MemoryWal(node=name),
+                {RESOURCE: RecordingResource(inner, pid, self, offload)},
             )
         self.outcomes: dict[str, str] = {}
         self.clients: list[asyncio.Task[None]] = []
+        # What each prepare was given and answered: (pid, txid, payload, vote or exception).
+        self.prepare_answers: list[tuple[str, str, Any, object]] = []
+        # The PREPARE each participant got, by (pid, txid): what `crashprepare` sends again.
+        self.prepares_seen: dict[tuple[str, str], tuple[Any, Prepare]] = {}
 
     # -- hooks ------------------------------------------------------------------
 
@@ -123,6 +154,8 @@ class SimCluster(TracedRun):
     def _on_deliver(self, to: Any, message: object) -> None:
         self.checker.now_s = self.now()
         self.checker.on_deliver(f"{to.actor}@{to.node}", message)
+        if isinstance(message, Prepare):
+            self.prepares_seen[(f"{to.actor}@{to.node}", message.txid)] = (to, message)
 
     def _on_forged(self, to: Any, message: object) -> None:
         self.checker.now_s = self.now()
@@ -146,6 +179,45 @@ class SimCluster(TracedRun):
         self.note("apply", (op, txid, "at", pid))
         self.checker.now_s = self.now()
         self.checker.on_applied(pid, txid, op)
+
+    def prepared(self, pid: str, txid: str, payload: Any, answer: object) -> None:
+        self.prepare_answers.append((pid, txid, payload, answer))
+        if isinstance(answer, Exception):
+            self.note("prepare-raised", (txid, "at", pid, repr(answer)))
+
+    def crash_after_apply(self, pid: str, txid: str, op: str) -> bool:
+        node = self.nodes.get(pid.rpartition("@")[2])
+        if node is None or op not in node.crash_after or not node.up:
+            return False
+        node.crash_after.discard(op)
+        self.note(f"crash{op}", (node.name, txid))
+        self.crash(node)
+        if op == "prepare":
+            # Nothing resends a PREPARE, but the network may duplicate one: the
+            # copy reaches the restarted node, whose resource still holds the
+            # branch (only a `Recoverable` resource rolls it back at start).
+            seen = self.prepares_seen.get((pid, txid))
+            task = asyncio.get_running_loop().create_task(self._bounce(node, seen))
+            self.clients.append(task)
+        return True
+
+    async def _bounce(self, node: _Node, seen: tuple[Any, Prepare] | None) -> None:
+        # The branch is kept only if its PREPARE is sure to come again: a copy
+        # that never arrives would leave a hold no protocol step ever ends.
+        if seen is not None and self.net.connected(seen[1].sender.rpartition("@")[2], node.name):
+            node.bouncing = seen[1].txid
+        try:
+            await self.start(node)
+        finally:
+            keep, node.bouncing = node.bouncing, None
+        if seen is not None and keep is not None and node.up:
+            self.note("redeliver", (node.name, seen[1].txid))
+            node.kept.add(seen[1].txid)
+            self.net.redeliver(*seen)
+
+    def kept_branch(self, pid: str) -> str | None:
+        node = self.nodes.get(pid.rpartition("@")[2])
+        return node.bouncing if node is not None else None
 
     def held(self, pid: str, txid: str) -> None:
         self.checker.on_held(pid, txid)
@@ -188,6 +260,18 @@ class SimCluster(TracedRun):
     async def start(self, node: _Node) -> None:
         if node.up:
             return
+        if node.booting is not None:
+            # Another start of this node is under way (a redelivery fault's restart).
+            await node.booting.wait()
+            return
+        node.booting = asyncio.Event()
+        try:
+            await self._start(node)
+        finally:
+            node.booting.set()
+            node.booting = None
+
+    async def _start(self, node: _Node) -> None:
         if node.task is not None:
             await asyncio.wait([node.task])
         for entry in node.wal.entries():
@@ -290,13 +374,13 @@ class SimCluster(TracedRun):
             self.outcomes[txid] = "not-submitted"
             self.note("submit", f"{txid} refused: coordinator down")
             return
-        participants = dict(zip(members, spec.votes, strict=True))
+        participants = dict(zip(members, spec.prepare_payloads(), strict=True))
         self.note("submit", f"{txid} {self.scenario.protocol.value} {participants}")
         self.outcomes[txid] = "info"
         task = asyncio.get_running_loop().create_task(self._client(coord, txid, participants))
         self.clients.append(task)
 
-    async def _client(self, coord: Runtime, txid: str, participants: dict[str, Vote]) -> None:
+    async def _client(self, coord: Runtime, txid: str, participants: dict[str, Any]) -> None:
         try:
             outcome: TxnOutcome = await coord.transact(
                 participants, protocol=self.scenario.protocol, txid=txid
@@ -334,6 +418,11 @@ class SimCluster(TracedRun):
 
     async def boot(self) -> None:
         self.loop = asyncio.get_running_loop()
+        if self.resource_loop is not None:
+            for resource in self.user_resources.values():
+                if needs_real_loop(resource):
+                    self.resource_loop.call(resource.start())  # type: ignore[attr-defined]
+                    self._started.append(resource)
         # Concurrently: the boots share loop iterations (FIFO, so still deterministic).
         await asyncio.gather(*(self.start(node) for node in self.nodes.values()))
         self.net.faults = self.scenario.network
@@ -358,10 +447,34 @@ class SimCluster(TracedRun):
                 # An fsync failure injected earlier may still stop a node now.
                 if not node.up and (node.task is None or node.task.done()):
                     await self.start(node)
+        await self._reconcile_kept()
         unfinished = self.unfinished()
         committed = [t for t, o in self.outcomes.items() if o == "committed"]
         self.checker.now_s = self.now()
         self.checker.finish(committed, unfinished, self.for_an_operator(unfinished))
+
+    async def _reconcile_kept(self) -> None:
+        """Roll back a kept branch its node's log never heard of, as a restart would.
+
+        A `crashprepare` restart keeps the branch for the PREPARE it redelivers;
+        when the transaction ended before that copy was processed, the log
+        does not know it, and only the resource's own reconciliation (what
+        `RecordingResource.recover` stands in for at start) can end it.
+        """
+        for node in self.nodes.values():
+            rt = node.rt
+            if rt is None or not node.kept:
+                continue
+            pid = f"{RESOURCE}@{node.name}"
+            for txid in sorted(node.kept):
+                if txid not in self.checker.holding(pid):
+                    continue
+                try:
+                    rt.status(txid)
+                except UnknownTransaction:
+                    self.note("reconcile", (pid, txid))
+                    await node.resources[RESOURCE].abort(txid)
+            node.kept.clear()
 
     async def shutdown(self) -> None:
         for node in self.nodes.values():
@@ -380,6 +493,19 @@ class SimCluster(TracedRun):
             return set()
         host = coord.rt.coordinator
         return {t for t in unfinished if t not in host.txns and t not in host.finished}
+
+    def release(self) -> None:
+        """Close the resources that were started and stop their loop (idempotent)."""
+        loop, self.resource_loop = self.resource_loop, None
+        if loop is None:
+            return
+        try:
+            while self._started:
+                close = getattr(self._started.pop(), "close", None)
+                if close is not None:
+                    loop.call(close())
+        finally:
+            loop.close()
 
     def unfinished(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
@@ -420,6 +546,13 @@ def bind_fault(sim: SimCluster, fault: Fault) -> Callable[[], Any]:
                     sim.crash(node)
                     lost = node.wal.lose_tail()
                     sim.note("walcut", (name, f"{lost} committed record(s) lost, detected"))
+            return None
+        if fault.kind in REDELIVERY_FAULTS:
+            for name in fault.nodes:
+                node = sim.nodes.get(name)
+                if node is not None and node.resources and node.up:
+                    sim.note(fault.kind, name)
+                    node.crash_after.add(fault.kind.removeprefix("crash"))
             return None
         if fault.kind in ("crashforce", "crashforced", "crashvote"):
             armed = {"crashforce": "force", "crashforced": "forced", "crashvote": "vote"}

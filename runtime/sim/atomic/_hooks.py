@@ -9,8 +9,8 @@ commit and abort; a `MachineFactory` swaps each protocol machine for another
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 from typing import Protocol as TypingProtocol
 
 from dtxn.protocols.messages import Vote
@@ -18,6 +18,9 @@ from dtxn.runtime._runtime import Runtime, UnknownTransaction
 from dtxn.runtime.hosting import Machine
 from dtxn.runtime.hosting.coordinator import CoordinatorHost
 from dtxn.runtime.resource import Recoverable, Resource
+from dtxn.runtime.sim.atomic._offload import ResourceLoop
+
+T = TypeVar("T")
 
 __all__ = [
     "MachineFactory",
@@ -34,7 +37,19 @@ class AppliedSink(TypingProtocol):
 
     def applied(self, pid: str, txid: str, op: str) -> None: ...
 
+    def prepared(self, pid: str, txid: str, payload: Any, answer: object) -> None:
+        """What a prepare answered: its return value, or the exception it raised."""
+        ...
+
+    def crash_after_apply(self, pid: str, txid: str, op: str) -> bool:
+        """Fire an armed redelivery fault after `op` applied at `pid`: whether it crashed."""
+        ...
+
     def held(self, pid: str, txid: str) -> None: ...
+
+    def kept_branch(self, pid: str) -> str | None:
+        """The txid whose branch `pid` keeps as it restarts from a `crashprepare`, if any."""
+        ...
 
     def crash_after_prepare(self, pid: str) -> float | None:
         """How long a prepare at `pid` lingers before its node crashes, if armed (disarms)."""
@@ -77,18 +92,42 @@ class RecordingResource:
 
     It is also where the `crashvote` fault strikes: a prepare that applied
     lingers (its peers time out and ask this node) and then the node crashes
-    before the vote reaches its participant machine.
+    before the vote reaches its participant machine; and where the redelivery
+    faults (`crashprepare`, `crashcommit`, `crashabort`) strike: the node
+    crashes right after the resource applied, before its participant logged
+    it, so recovery calls the resource again for the same txid.
+    With `offload`, each call runs to its end on that real event loop (a
+    resource doing real IO on threads, such as `SqliteResource`) while the
+    simulation waits: the call takes no virtual time, so runs stay
+    deterministic.
     """
 
-    def __init__(self, inner: Resource, pid: str, sim: AppliedSink) -> None:
+    def __init__(self, inner: Resource, pid: str, sim: AppliedSink,
+                 offload: ResourceLoop | None = None) -> None:
         self.inner = inner
         self.pid = pid
         self.sim = sim
+        self.offload = offload
+
+    async def _call(self, call: Coroutine[Any, Any, T]) -> T:
+        if self.offload is None:
+            return await call
+        return self.offload.call(call)
+
+    async def _crash_after(self, txid: str, op: str) -> None:
+        if self.sim.crash_after_apply(self.pid, txid, op):
+            await asyncio.sleep(0)  # noqa: TID251 - the crash cancels this call here
 
     async def prepare(self, txid: str, payload: Any) -> Vote:
-        vote = await self.inner.prepare(txid, payload)
+        try:
+            vote = await self._call(self.inner.prepare(txid, payload))
+        except Exception as exc:
+            self.sim.prepared(self.pid, txid, payload, exc)
+            raise
+        self.sim.prepared(self.pid, txid, payload, vote)
         if vote is Vote.YES:
             self.sim.held(self.pid, txid)
+        await self._crash_after(txid, "prepare")
         linger_s = self.sim.crash_after_prepare(self.pid)
         if linger_s is not None:
             await asyncio.sleep(linger_s)  # noqa: TID251 - virtual time
@@ -101,21 +140,28 @@ class RecordingResource:
         it holds that `runtime` knows nothing of (prepared before PREPARED was forced,
         so never voted YES). A wrapped resource with a `recover` of its own runs that."""
         if isinstance(self.inner, Recoverable):
-            await self.inner.recover(runtime)
+            await self._call(self.inner.recover(runtime))
             return
+        # The branch a `crashprepare` struck stays, as a resource without
+        # `recover` leaves it in production: the redelivered PREPARE finds it.
+        kept = self.sim.kept_branch(self.pid)
         for txid in self.sim.holding(self.pid):
+            if txid == kept:
+                continue
             try:
                 runtime.status(txid)
             except UnknownTransaction:
                 await self.abort(txid)
 
     async def commit(self, txid: str) -> None:
-        await self.inner.commit(txid)
+        await self._call(self.inner.commit(txid))
         self.sim.applied(self.pid, txid, "commit")
+        await self._crash_after(txid, "commit")
 
     async def abort(self, txid: str) -> None:
-        await self.inner.abort(txid)
+        await self._call(self.inner.abort(txid))
         self.sim.applied(self.pid, txid, "abort")
+        await self._crash_after(txid, "abort")
 
 
 ResourceFactory = Callable[[str], Resource]

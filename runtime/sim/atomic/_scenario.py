@@ -9,6 +9,8 @@ and the fault schedule. It prints as one line of text (`Scenario.text()`) and
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from dtxn.protocols.messages import Protocol, Vote
 from dtxn.runtime.sim._harness import (
@@ -25,6 +27,7 @@ __all__ = [
     "COORDINATOR_NODE",
     "FAULT_KINDS",
     "NODE_FAULTS",
+    "REDELIVERY_FAULTS",
     "Fault",
     "Scenario",
     "SimResult",
@@ -60,9 +63,14 @@ VOTE_LETTERS = {vote: code for code, vote in VOTE_CODES.items()}
 # members and the coordinator, in its own actor's name and in other nodes'
 # (the network rejects those, as NATS subject permissions do). The
 # coordinator node is never the forger: its word is the decision.
+# Redelivery faults arm a crash right after the node's resource next applies
+# a prepare (commit, abort): the resource did it, its participant has not
+# logged it, so recovery (or the coordinator's retry) calls the resource again
+# for the same txid, as after a real crash at the worst moment.
+REDELIVERY_FAULTS = ("crashprepare", "crashcommit", "crashabort")
 NODE_FAULTS = (
     "crash", "restart", "stall", "resume", "fsyncfail", "crashforce", "crashforced",
-    "crashvote", "walcut", "pause", "forge",
+    "crashvote", "walcut", "pause", "forge", *REDELIVERY_FAULTS,
 )
 FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
 
@@ -70,16 +78,34 @@ FAULT_KINDS = (*NODE_FAULTS, "part", "heal")
 class SimulationFailure(ScheduleFailure["Scenario"]):
     """Raised when a simulated run breaks an invariant; the message says how to replay it."""
 
-    def __init__(self, scenario: Scenario, violations: list[Violation]) -> None:
-        super().__init__(scenario, violations, "simulation", dtxn_replay)
+    def __init__(self, scenario: Scenario, violations: list[Violation], *,
+                 user: bool = False) -> None:
+        # `dtxn replay` runs the scripted resources: a failure of yours replays with check.
+        replay = _check_call if user else dtxn_replay
+        super().__init__(scenario, violations, "simulation", replay)
+
+
+def _check_call(text: str) -> str:
+    return f"check({text!r}, resource_factory=..., final_check=...)"
 
 
 class TxnSpec(msgspec.Struct, frozen=True):
-    """One transaction of a workload: when it is submitted, to whom, and their votes."""
+    """One transaction of a workload: when it is submitted, to whom, and their votes.
+
+    Each participant's resource gets its scripted `Vote` as the prepare
+    payload, unless `payloads` is given: then it gets its own payload (in JSON
+    form: lists, dicts, strings, numbers, booleans, None) and its resource
+    decides the vote, so `votes` are unused.
+    """
 
     at_s: float
     participants: tuple[int, ...]
     votes: tuple[Vote, ...]
+    payloads: tuple[Any, ...] | None = None
+
+    def prepare_payloads(self) -> tuple[Any, ...]:
+        """What each participant's prepare is given: its payload, or its scripted vote."""
+        return self.payloads if self.payloads is not None else self.votes
 
 
 class Fault(msgspec.Struct, frozen=True):
@@ -92,7 +118,14 @@ class Fault(msgspec.Struct, frozen=True):
 
 
 class Scenario(msgspec.Struct, frozen=True):
-    """A complete, replayable simulated run."""
+    """A complete, replayable simulated run.
+
+    `text()` prints it as one line ("2pc n=3 seed=7 drop=0.1 ... ; tx@0.1
+    p1=y,p2=n ; crash@0.12 c ; ..."; a transaction with payloads prints as
+    `tx@0.1 p1,p2 payloads=[...]`, JSON), and `parse(text)` reads that line
+    back into an equal `Scenario`: what a failure prints, `dtxn replay` and
+    `dtxn.testing.check` take.
+    """
 
     protocol: Protocol = Protocol.TWO_PC
     participants: int = 3
@@ -102,6 +135,7 @@ class Scenario(msgspec.Struct, frozen=True):
     network: NetworkFaults = NetworkFaults()
 
     def text(self) -> str:
+        """This scenario as the one line `parse` reads back."""
         net = self.network
         parts = [
             f"{self.protocol.value} n={self.participants} seed={self.seed} "
@@ -109,6 +143,10 @@ class Scenario(msgspec.Struct, frozen=True):
             f"jitter={net.jitter_s:g}"
         ]
         for txn in self.txns:
+            if txn.payloads is not None:
+                members = ",".join(f"p{p}" for p in txn.participants)
+                parts.append(f"tx@{txn.at_s:g} {members} payloads={payload_text(txn.payloads)}")
+                continue
             members = ",".join(
                 f"p{p}={VOTE_LETTERS[v]}" for p, v in zip(txn.participants, txn.votes, strict=True)
             )
@@ -142,7 +180,11 @@ class Scenario(msgspec.Struct, frozen=True):
             at_s = float(when)
             rest = rest.strip()
             if kind == "tx":
-                pairs = [pair.split("=") for pair in rest.split(",")]
+                members, _, extra = rest.partition(" ")
+                if extra:
+                    txns.append(_payload_txn(item, at_s, members, extra))
+                    continue
+                pairs = [pair.split("=") for pair in members.split(",")]
                 txns.append(TxnSpec(
                     at_s,
                     tuple(int(p.removeprefix("p")) for p, _ in pairs),
@@ -161,8 +203,42 @@ class Scenario(msgspec.Struct, frozen=True):
                    tuple(txns), tuple(faults), network)
 
 
+def payload_text(payloads: tuple[Any, ...]) -> str:
+    """One transaction's payloads as JSON that fits in a schedule item.
+
+    msgspec writes no spaces outside strings, and every ';' (the item
+    separator) is escaped, so the text splits back exactly.
+    """
+    return msgspec.json.encode(list(payloads)).decode().replace(";", "\\u003b")
+
+
+def _payload_txn(item: str, at_s: float, members: str, extra: str) -> TxnSpec:
+    if not extra.startswith("payloads="):
+        raise ValueError(f"schedule item {item!r}: expected payloads=[...]")
+    chosen = tuple(int(p.removeprefix("p")) for p in members.split(","))
+    try:
+        payloads = msgspec.json.decode(extra.removeprefix("payloads="))
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"schedule item {item!r}: payloads are not JSON: {exc}") from exc
+    if not isinstance(payloads, list) or len(payloads) != len(chosen):
+        raise ValueError(f"schedule item {item!r}: need one payload per participant")
+    return TxnSpec(at_s, chosen, (Vote.YES,) * len(chosen), tuple(payloads))
+
+
 class SimResult(msgspec.Struct):
-    """What one simulated run did."""
+    """What one simulated run did.
+
+    `outcomes` is what each transaction's client was told, by txid ("t0",
+    "t1", ... in workload order): "committed" or "aborted"; "info" when the
+    client got no outcome (its coordinator crashed while it waited, or the
+    call failed), "not-submitted" when the coordinator was down at submit
+    time. `decisions` is what the processes decided, whoever told the
+    client: "committed" or "aborted" for each transaction some process
+    decided ("split" where S1 broke). `prepares` counts the prepare calls the
+    resources answered and `prepare_errors` those that raised.
+    `events` counts trace entries, `virtual_s` the virtual seconds the run
+    took; `trace_hash` is the same for two runs of the same scenario.
+    """
 
     scenario: Scenario
     trace_hash: str
@@ -171,6 +247,9 @@ class SimResult(msgspec.Struct):
     violations: list[Violation]
     virtual_s: float
     trace: list[TraceEntry]
+    decisions: dict[str, str] = msgspec.field(default_factory=dict)
+    prepares: int = 0
+    prepare_errors: int = 0
 def random_scenario(
     seed: int,
     *,
@@ -270,7 +349,7 @@ def fail_stop(events: list[Fault], specs: list[TxnSpec]) -> list[Fault]:
         if fault.kind in ("restart", "stall", "resume"):
             continue
         if fault.kind in ("crash", "fsyncfail", "crashforce", "crashforced", "crashvote",
-                          "walcut"):
+                          "walcut", *REDELIVERY_FAULTS):
             after = down | set(fault.nodes)
             if any(group <= after for group in groups):
                 continue

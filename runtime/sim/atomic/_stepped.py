@@ -133,6 +133,7 @@ class SteppedCluster:
                 self._loop.run_until_complete(self._sim.shutdown())
             finally:
                 self._loop.close()
+                self._sim.release()
         return self.violations
 
     def close(self) -> None:
@@ -143,3 +144,4 @@ class SteppedCluster:
                 self._loop.run_until_complete(self._sim.shutdown())
             finally:
                 self._loop.close()
+                self._sim.release()
