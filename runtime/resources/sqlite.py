@@ -62,6 +62,13 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _TXID_CHARS_MAX = 256
 
 
+# How long a prepare waits for a row another branch holds, by default. Long
+# enough for a few queued transactions on one hot row to take their turn
+# (10 orders for 2 lamps: 2 placed, 8 "out of stock", not 9 RowLocked), and
+# well below the coordinator's default vote timeout (Timeouts.votes_s, 5 s).
+LOCK_WAIT_S = 1.0
+
+
 class SqliteResource:
     """A `Resource` over the SQLite database at `path`, prepared with undo images.
 
@@ -78,7 +85,7 @@ class SqliteResource:
         *,
         name: str,
         branch: Branch,
-        lock_wait_s: float = 0.0,
+        lock_wait_s: float = LOCK_WAIT_S,
         clock: Clock | None = None,
         busy_timeout_s: float = 5.0,
     ) -> None:
@@ -374,6 +381,7 @@ def _local_transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 __all__ = [
+    "LOCK_WAIT_S",
     "Branch",
     "RowLocked",
     "SqliteBranch",

@@ -371,6 +371,7 @@ async def test_a_second_transaction_on_a_prepared_row_votes_no_naming_the_holder
 
         tg.start_soon(hold)
         await eventually(lambda: _leftovers(bank.path_a)[0] == 1)
+        bank.a.lock_wait_s = 0  # refuse at once: the vote timeout here is shorter than LOCK_WAIT_S
         second = await coord.transact({"ledger@bank-a": -5})
         assert second.outcome is Outcome.ABORTED
         assert "first-txn" in second.reason and "locked" in second.reason, second.reason
@@ -399,7 +400,7 @@ async def test_readers_outside_dtxn_can_see_that_a_row_is_pending(tmp_path: Path
             assert pending_txid(db, "holds", ["ann", 1]) == "t1"
             assert pending_txid(db, "holds", ["ann", 2]) is None
             # Another resource on the same file respects the same locks.
-            async with SqliteResource(path, name="other", branch=move) as other:
+            async with SqliteResource(path, name="other", branch=move, lock_wait_s=0) as other:
                 with pytest.raises(RowLocked, match="'t1'") as locked:
                     await other.prepare("t2", 1)
                 assert locked.value.holder == "t1"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dtxn.protocols.errors import DtxnError
-from dtxn.protocols.messages import Decision, Prepare, Timeouts, Vote
+from dtxn.protocols.messages import Decision, Prepare, Timeouts
 from dtxn.runtime._runtime import Runtime, UnknownTransaction
 from dtxn.runtime.hosting import LOG_DECODER
 from dtxn.runtime.hosting.coordinator import TxnOutcome
