@@ -8,6 +8,8 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from dtxn.runtime.extras import MissingExtra
+
 
 def _version() -> str:
     try:
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(2PC, 3PC, sagas) on a SQLite write-ahead log."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"dtxn {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -435,8 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args.schedule)
     if args.command == "node":
-        from dtxn.runtime.cli.node import main as node_main
-
+        try:
+            from dtxn.runtime.cli.node import main as node_main
+        except MissingExtra as missing:
+            print(f"dtxn node: {missing}", file=sys.stderr)
+            return 2
         return node_main(args.config)
     parser.print_help()
     return 0

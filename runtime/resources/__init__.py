@@ -8,7 +8,9 @@
 - `resources.semantic_locks`: semantic locks for saga isolation.
 """
 
+from dtxn.runtime.resources.barrier_sqlite import SqliteBarrier
 from dtxn.runtime.resources.sqlite import (
+    LOCK_WAIT_S,
     RowLocked,
     SqliteBranch,
     SqliteResource,
@@ -18,7 +20,9 @@ from dtxn.runtime.resources.sqlite import (
 )
 
 __all__ = [
+    "LOCK_WAIT_S",
     "RowLocked",
+    "SqliteBarrier",
     "SqliteBranch",
     "SqliteResource",
     "SqliteResourceError",

@@ -21,10 +21,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import asyncpg  # type: ignore[import-untyped]
 from dtxn.protocols.errors import ConfigError, DtxnError
 from dtxn.protocols.messages import Vote
+from dtxn.runtime.extras import missing
 from dtxn.runtime.resources._reconcile import Fate, fate
+
+try:
+    import asyncpg  # type: ignore[import-untyped]
+except ModuleNotFoundError as _error:
+    raise missing(_error, package="asyncpg", extra="postgres",
+                  feature="PostgresResource (dtxn.runtime.resources.postgres)") from None
 
 if TYPE_CHECKING:
     from dtxn.runtime._runtime import Runtime

@@ -44,8 +44,6 @@ from typing import Any
 
 import anyio
 import msgspec
-import nats
-import nats.errors
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from dtxn.actors.errors import AskTimeout
@@ -53,6 +51,7 @@ from dtxn.actors.timing import Timekeeper
 from dtxn.protocols.errors import CodecError, ConfigError, DtxnError
 from dtxn.protocols.messages import Prepare
 from dtxn.runtime.clock import Clock
+from dtxn.runtime.extras import missing
 from dtxn.runtime.transport._inprocess import Address, NodePort, RemoteError, UnknownNode
 from dtxn.runtime.transport.limits import (
     MAX_MESSAGE_BYTES,
@@ -61,7 +60,14 @@ from dtxn.runtime.transport.limits import (
     check_limits,
     decode_bounded,
 )
-from nats.aio.client import Client as NATS
+
+try:
+    import nats
+    import nats.errors
+    from nats.aio.client import Client as NATS
+except ModuleNotFoundError as _error:
+    raise missing(_error, package="nats", extra="nats",
+                  feature="NatsTransport (dtxn.runtime.transport.nats)") from None
 
 log = logging.getLogger("dtxn.nats")
 
