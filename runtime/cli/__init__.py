@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="worker processes (schedules are independent)"
     )
     simulate.add_argument(
+        "--show", type=int, default=0, metavar="N",
+        help="also print the first N schedules run, each replayable with dtxn replay",
+    )
+    simulate.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object: schedules, events, violations, schedules_per_s",
@@ -288,7 +292,7 @@ def _parallel_sweep(
 
 def _simulate(
     protocol: str, schedules: int, seed: int, participants: int, jobs: int, as_json: bool,
-    txns: int | None = None, faults: int = 3,
+    txns: int | None = None, faults: int = 3, show: int = 0,
 ) -> int:
     import json
     import time  # noqa: TID251 - measuring the simulator's own wall-clock rate
@@ -297,9 +301,9 @@ def _simulate(
 
     if txns is None:
         txns = 3 if protocol == "saga" else 2
-    if schedules < 1 or participants < 1 or jobs < 1 or txns < 1 or faults < 0:
+    if schedules < 1 or participants < 1 or jobs < 1 or txns < 1 or faults < 0 or show < 0:
         print("dtxn simulate: --schedules, --participants, --txns and --jobs must be >= 1, "
-              "--faults >= 0", file=sys.stderr)
+              "--faults and --show >= 0", file=sys.stderr)
         return 2
     started = time.perf_counter()
     progress = None
@@ -342,6 +346,11 @@ def _simulate(
             f"{protocol}: {report['schedules']} schedules, {report['events']} events, "
             f"{report['violations']} with violations, {report['schedules_per_s']} schedules/s"
         )
+    if show:
+        out = sys.stderr if as_json else sys.stdout
+        for index, text in enumerate(_sample(protocol, min(show, schedules), seed, participants,
+                                             txns, faults)):
+            print(f"schedule {index}: {text}", file=out)
     if stats.first_failure is not None:
         small: Any
         if protocol == "saga":
@@ -361,8 +370,43 @@ def _simulate(
     return 0
 
 
+def _sample(
+    protocol: str, count: int, seed: int, participants: int, txns: int, faults: int
+) -> list[str]:
+    """The text of the first `count` schedules of a sweep, as `dtxn replay` reads them."""
+    from dtxn.runtime.sim import random_scenario, schedule_seed
+
+    if protocol == "saga":
+        from dtxn.runtime.sim.sagas import random_scenario as saga_scenario
+        from dtxn.runtime.sim.sagas import schedule_seed as saga_seed
+
+        return [saga_scenario(saga_seed(seed, i), sagas=txns, faults=faults).text()
+                for i in range(count)]
+    return [random_scenario(schedule_seed(seed, i), protocol=protocol,
+                            participants=participants, txns=txns, faults=faults).text()
+            for i in range(count)]
+
+
+def _trace_lines(trace: Any) -> list[str]:
+    """One event per entry, its detail wrapped to the terminal under its own column."""
+    import shutil
+    import textwrap
+
+    from dtxn.runtime.sim import describe
+
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    indent = " " * 22
+    lines = []
+    for at_s, what, detail in trace:
+        lines.append(textwrap.fill(
+            describe(detail), width=width, initial_indent=f"{at_s:10.6f}  {what:<9} ",
+            subsequent_indent=indent, break_on_hyphens=False,
+        ))
+    return lines
+
+
 def _replay(text: str) -> int:
-    from dtxn.runtime.sim import Scenario, describe, run
+    from dtxn.runtime.sim import Scenario, run
 
     if text.strip().startswith("saga"):
         return _replay_saga(text)
@@ -373,8 +417,8 @@ def _replay(text: str) -> int:
         return 2
     result = run(scenario, raise_on_violation=False)
     print(f"# {scenario.text()}")
-    for at_s, what, detail in result.trace:
-        print(f"{at_s:10.6f}  {what:<9} {describe(detail)}")
+    for line in _trace_lines(result.trace):
+        print(line)
     print(f"# {result.events} events, virtual time {result.virtual_s:.3f}s, "
           f"trace hash {result.trace_hash}")
     print(f"# outcomes: {result.outcomes}")
@@ -384,7 +428,6 @@ def _replay(text: str) -> int:
 
 
 def _replay_saga(text: str) -> int:
-    from dtxn.runtime.sim import describe
     from dtxn.runtime.sim.sagas import SagaScenario, run
 
     try:
@@ -394,8 +437,8 @@ def _replay_saga(text: str) -> int:
         return 2
     result = run(scenario, raise_on_violation=False)
     print(f"# {scenario.text()}")
-    for at_s, what, detail in result.trace:
-        print(f"{at_s:10.6f}  {what:<9} {describe(detail)}")
+    for line in _trace_lines(result.trace):
+        print(line)
     print(f"# {result.events} events, virtual time {result.virtual_s:.3f}s, "
           f"trace hash {result.trace_hash}")
     print(f"# ends: {result.outcomes}")
@@ -433,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         return _simulate(
             args.protocol, args.schedules, args.seed, args.participants, args.jobs, args.json,
-            args.txns, args.faults,
+            args.txns, args.faults, args.show,
         )
     if args.command == "replay":
         return _replay(args.schedule)

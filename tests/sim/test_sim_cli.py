@@ -60,3 +60,29 @@ def test_replay_of_a_violating_schedule_shows_it_and_fails(
 def test_replay_rejects_text_that_is_not_a_schedule(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", "2pc ; nonsense@1 x"]) == 2
     assert "cannot read schedule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["2pc", "saga"])
+def test_simulate_show_prints_schedules_replay_runs_as_the_sweep_did(
+    protocol: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["simulate", "--protocol", protocol, "--schedules", "1", "--seed", "4", "--show", "1"])
+    out = capsys.readouterr().out
+    shown = [line for line in out.splitlines() if line.startswith("schedule 0: ")]
+    assert len(shown) == 1, out
+    swept_events = int(out.split(" schedules, ")[1].split(" events")[0])
+    text = shown[0].removeprefix("schedule 0: ")
+    main(["replay", text])
+    replayed = capsys.readouterr().out
+    assert f"# {swept_events} events," in replayed
+
+
+def test_replay_wraps_long_details_under_their_column(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    main(["replay", SPLIT])
+    lines = capsys.readouterr().out.splitlines()
+    events = [line for line in lines if not line.startswith(("#", "VIOLATION"))]
+    assert events and all(len(line) <= 80 for line in events), max(events, key=len)
+    assert any(line.startswith(" " * 22) for line in events)  # a wrapped detail
