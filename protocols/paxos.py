@@ -36,6 +36,7 @@ or `Ignored`. Not wired into the runtime's hosting layer yet.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass, field
 
 from dtxn.protocols.effects import (
     Begin,
@@ -110,13 +111,13 @@ def _illegal(role: str, txid: str, state: enum.Enum, event: Event) -> ProtocolEr
     )
 
 
+@dataclass
 class Learner:
     """Counts phase 2b messages; an instance's value is chosen at F+1 for one ballot."""
 
-    def __init__(self, quorum: int) -> None:
-        self.quorum = quorum
-        self.votes: dict[tuple[str, Ballot, InstanceValue], set[str]] = {}
-        self.chosen: dict[str, InstanceValue] = {}
+    quorum: int
+    votes: dict[tuple[str, Ballot, InstanceValue], set[str]] = field(default_factory=dict)
+    chosen: dict[str, InstanceValue] = field(default_factory=dict)
 
     def add(self, message: Phase2b) -> bool:
         """Count one 2b; true if it made its instance's value chosen."""
