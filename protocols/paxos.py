@@ -325,7 +325,7 @@ class PaxosParticipant:
             self.learner = Learner(self.quorum)
             return [InvokeResource(ResourceOp.PREPARE, message.payload)]
         if isinstance(message, Decision):
-            if message.sender not in self.leaders and state is not PartState.INIT:
+            if self.leaders and message.sender not in self.leaders:
                 return [Ignored(f"decision from {message.sender!r}, not a leader", violation=True)]
             return self._learned(
                 Outcome.COMMITTED if message.commit else Outcome.ABORTED,

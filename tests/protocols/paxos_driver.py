@@ -7,7 +7,11 @@ calls in flight and in-memory state are lost) and restart, rebuilt from its
 forced records through `RecordRecovered` / `RecoveryDone`. A crash can be
 armed to strike in the middle of a `handle`'s effects. Invariants are
 checked as effects happen: agreement (no two outcomes anywhere), validity
-(commit only if every participant voted yes) and no protocol violation.
+(commit only if every participant voted yes), no protocol violation, and two
+of Paxos's own safety rules, checked where they are broken rather than where
+their (rare, many-step) consequences would show: an acceptor answers only
+from state it has forced, and each ballot of an instance has one proposer
+and one value.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from dtxn.protocols.paxos import (
     PaxosParticipant,
     TakeOver,
 )
+from dtxn.protocols.paxos_messages import Ballot, InstanceValue, Phase1a, Phase1b, Phase2a, Phase2b
+from dtxn.protocols.paxos_records import PaxosAcceptorState
 from dtxn.protocols.records import Record
 
 TX = "t1"
@@ -114,6 +120,8 @@ class PaxosCluster:
         self.outcomes: list[tuple[str, Outcome]] = []
         self.stats = Stats()
         self.trace: list[str] = []
+        self.proposers: dict[tuple[str, Ballot], str] = {}  # phase 1a/2a sender per ballot
+        self.proposals: dict[tuple[str, Ballot], InstanceValue] = {}
 
     def _fresh(self, role: str, pid: str) -> Machine:
         if role == "participant":
@@ -140,6 +148,7 @@ class PaxosCluster:
     def _execute(self, proc: Proc, effect: Effect) -> None:
         pid = proc.pid
         if isinstance(effect, Send):
+            self._check_send(proc, effect.message)
             self.network.append((pid, effect.to, effect.message))
             kind = type(effect.message).__name__
             self.stats.sends[kind] = self.stats.sends.get(kind, 0) + 1
@@ -161,6 +170,40 @@ class PaxosCluster:
                 self._outcome(pid, Outcome.COMMITTED if commit else Outcome.ABORTED)
         elif isinstance(effect, Ignored) and effect.violation:
             raise Violated(f"{pid}: protocol violation: {effect.reason}")
+
+    def _check_send(self, proc: Proc, message: Message) -> None:
+        if isinstance(message, (Phase1a, Phase2a)):
+            key = (message.instance, message.ballot)
+            first = self.proposers.setdefault(key, proc.pid)
+            if first != proc.pid:
+                raise Violated(f"ballot {message.ballot} used by {first} and {proc.pid}")
+        if isinstance(message, Phase2a):
+            key = (message.instance, message.ballot)
+            value = self.proposals.setdefault(key, message.value)
+            if value is not message.value:
+                raise Violated(f"two values proposed for {key}: {value} and {message.value}")
+        if proc.role == "acceptor" and isinstance(message, (Phase1b, Phase2b)):
+            held = [
+                r
+                for r in proc.forced
+                if isinstance(r, PaxosAcceptorState) and r.instance == message.instance
+            ]
+            last = held[-1] if held else None
+            if isinstance(message, Phase1b):
+                backed = (
+                    last is not None
+                    and last.promised >= message.ballot
+                    and (last.accepted_ballot, last.accepted_value)
+                    == (message.accepted_ballot, message.accepted_value)
+                )
+            else:
+                backed = (
+                    last is not None
+                    and last.accepted_ballot == message.ballot
+                    and last.accepted_value is message.value
+                )
+            if not backed:
+                raise Violated(f"{proc.pid} answers {message} from state it has not forced")
 
     def _outcome(self, pid: str, outcome: Outcome) -> None:
         self.trace.append(f"{pid} decides {outcome.value}")
@@ -242,16 +285,20 @@ class PaxosCluster:
     def dead(self) -> list[str]:
         return [pid for pid, proc in self.procs.items() if not proc.alive]
 
-    def settle(self) -> None:
-        """Deliver every message and finish every resource call, FIFO."""
-        while self.network or self.work:
-            if self.work:
-                self.complete(0)
-            else:
-                self.deliver(0)
+    def settle(self, choose: Callable[[int], int] | None = None) -> None:
+        """Deliver every message and finish every resource call, FIFO or in `choose`'s order.
 
-    def finished(self) -> bool:
-        leader = self.procs[self.leaders[0]].machine
+        `choose(k)` picks one of k pending steps (messages, then resource calls).
+        """
+        while self.network or self.work:
+            i = choose(len(self.network) + len(self.work)) if choose else 0
+            if i < len(self.network):
+                self.deliver(i)
+            else:
+                self.complete(i - len(self.network))
+
+    def finished(self, leader_id: str | None = None) -> bool:
+        leader = self.procs[leader_id or self.leaders[0]].machine
         assert isinstance(leader, PaxosLeader)
         if leader.state not in (LeaderState.COMMITTED, LeaderState.ABORTED):
             return False
@@ -264,18 +311,26 @@ class PaxosCluster:
                 return False
         return True
 
-    def heal_and_finish(self, max_rounds: int = 200) -> None:
-        """Restart everyone, stop faults, keep one leader, and run to the end."""
+    def heal_and_finish(
+        self, survivor: int = 0, choose: Callable[[int], int] | None = None, max_rounds: int = 200
+    ) -> None:
+        """Restart everyone, stop faults, keep one leader, and run to the end.
+
+        Messages are still delivered in any order `choose` picks, but none is
+        lost any more, and timers fire only when nothing else is pending.
+        """
         for proc in self.procs.values():
             proc.crash_in = None
         for pid in self.dead:
             self.restart(pid)
-        for other in self.leaders[1:]:
-            self.crash(other)  # one leader runs
-        self.take_over(self.leaders[0])
+        leader = self.leaders[survivor]
+        for other in self.leaders:
+            if other != leader:
+                self.crash(other)  # one leader runs
+        self.take_over(leader)
         for _ in range(max_rounds):
-            self.settle()
-            if self.finished():
+            self.settle(choose)
+            if self.finished(leader):
                 return
             if not self.timers:
                 break
