@@ -27,15 +27,27 @@ high as any before, and refuses lower ones with a `Nack`. So two leaders at
 once, a leader that crashes after choosing, or one that never returns, all
 learn the same values.
 
+In doubt, a participant asks every leader with `PaxosDecisionRequest`,
+which names the membership and how many times it asked. A leader that
+holds nothing about the transaction (a backup, or a coordinator restarted
+without records) takes it over (`leader_for_unknown`) once the participant
+has asked `takeover_after(i)` times, i being its place in the leaders list:
+the coordinator at once, the first backup after about `votes_s`, the next
+one `votes_s` later, so that backups rarely duel. Once every participant
+has applied the outcome (forced PX-ENDED) and told the acceptors
+(`PaxosApplied`), the acceptors drop their records.
+
 The machines are pure like `dtxn.protocols.twopc`: `handle(event)` raises
 `ProtocolError` before changing anything on an illegal event, and returns
 effects in order otherwise. Late, duplicated or stray messages are answered
-or `Ignored`. Not wired into the runtime's hosting layer yet.
+or `Ignored`. Hosted by `dtxn.runtime.hosting` (leaders in the coordinator
+host, participants in the participant hosts, acceptors in `acceptor`).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from dtxn.protocols.effects import (
@@ -67,6 +79,8 @@ from dtxn.protocols.paxos_messages import (
     Ballot,
     InstanceValue,
     Nack,
+    PaxosApplied,
+    PaxosDecisionRequest,
     PaxosPrepare,
     Phase1a,
     Phase1b,
@@ -76,6 +90,7 @@ from dtxn.protocols.paxos_messages import (
 from dtxn.protocols.paxos_records import (
     PaxosAcceptorState,
     PaxosLeaderBallot,
+    PaxosLeaderEnded,
     PaxosPartEnded,
     PaxosPartPrepared,
 )
@@ -102,6 +117,19 @@ def check_acceptors(acceptors: tuple[str, ...]) -> None:
         raise ConfigError(f"Paxos Commit needs 2F+1 acceptors, got {len(acceptors)}")
     if len(set(acceptors)) != len(acceptors):
         raise ConfigError("Paxos Commit lists an acceptor twice")
+
+
+def takeover_after(index: int, timeouts: Timeouts) -> int:
+    """How many inquiries of a participant the leader at `index` of the leaders list waits for.
+
+    0 for the coordinator (it holds nothing only after a restart: at once);
+    a backup i waits until the participant has been in doubt about i times
+    `votes_s`, counted in `decision_s` inquiries.
+    """
+    if index <= 0:
+        return 0
+    per_backup = max(1, math.ceil(timeouts.votes_s / timeouts.decision_s))
+    return index * per_backup
 
 
 def _illegal(role: str, txid: str, state: enum.Enum, event: Event) -> ProtocolError:
@@ -155,6 +183,7 @@ class PaxosAcceptor:
         self.me = me
         self.state = AcceptorState.ACTIVE
         self.instances: dict[str, PaxosAcceptorState] = {}
+        self.applied: set[str] = set()  # participants that applied the outcome
 
     def handle(self, event: Event) -> list[Effect]:
         if isinstance(event, Received) and self.state is AcceptorState.ACTIVE:
@@ -180,6 +209,16 @@ class PaxosAcceptor:
             return self._on_1a(message)
         if isinstance(message, Phase2a):
             return self._on_2a(message)
+        if isinstance(message, PaxosApplied):
+            if message.sender not in message.participants:
+                return [
+                    Ignored(f"applied from {message.sender!r}, not a participant", violation=True)
+                ]
+            self.applied.add(message.sender)
+            if self.applied.issuperset(message.participants):
+                # Nobody can be in doubt, so no leader asks again: drop it all.
+                return [Compact(), Forget()]
+            return []
         return [Ignored(f"{type(message).__name__} is not for a Paxos acceptor", violation=True)]
 
     def _on_1a(self, message: Phase1a) -> list[Effect]:
@@ -268,6 +307,8 @@ class PaxosParticipant:
         self.faster = False
         self.learner = Learner(1)
         self.vote_pending = False  # resource.prepare runs after abort was learned
+        self.asks = 0  # decision requests sent (PaxosDecisionRequest.attempt)
+        self.forced_prepared = False
         self.recovered_end: bool | None = None
         self.reason = ""
 
@@ -300,10 +341,24 @@ class PaxosParticipant:
         return [Send(a, message) for a in self.acceptors]
 
     def _ask(self) -> list[Effect]:
+        self.asks += 1
         effects = self._proposal(PREPARED)  # idempotent: the 2b may have been lost
-        effects.extend(Send(leader, DecisionRequest(self.txid, self.me)) for leader in self.leaders)
+        request = PaxosDecisionRequest(
+            self.txid,
+            self.me,
+            self.participants,
+            self.acceptors,
+            self.leaders,
+            self.timeouts,
+            self.asks,
+        )
+        effects.extend(Send(leader, request) for leader in self.leaders)
         effects.append(SetTimer(DECISION_TIMER, self.timeouts.decision_s))
         return effects
+
+    def _applied(self) -> list[Effect]:
+        message = PaxosApplied(self.txid, self.me, self.participants)
+        return [Send(a, message) for a in self.acceptors]
 
     def receive(self, message: Message) -> list[Effect]:
         state = self.state
@@ -380,6 +435,7 @@ class PaxosParticipant:
         if self.state is PartState.PREPARING:
             if event.vote is Vote.YES:
                 self.state = PartState.PREPARED
+                self.forced_prepared = True
                 effects: list[Effect] = [
                     ForceLog(
                         PaxosPartPrepared(
@@ -398,6 +454,7 @@ class PaxosParticipant:
             self.state = PartState.ABORTED
             self.reason = event.reason or "voted no"
             effects = self._proposal(ABORTED)
+            effects.extend(self._applied())
             effects.extend([Decide(Outcome.ABORTED, self.reason), Forget()])
             return effects
         if self.state is PartState.ABORTED and self.vote_pending:
@@ -405,22 +462,27 @@ class PaxosParticipant:
             if event.vote is Vote.YES:
                 self.state = PartState.ABORTING
                 return [InvokeResource(ResourceOp.ABORT)]
-            return [Decide(Outcome.ABORTED, self.reason), Forget()]
+            return [*self._applied(), Decide(Outcome.ABORTED, self.reason), Forget()]
         raise _illegal("participant", self.txid, self.state, event)
 
     def _on_applied(self, event: ResourceApplied) -> list[Effect]:
         if self.state is PartState.COMMITTING and event.op is ResourceOp.COMMIT:
             self.state = PartState.COMMITTED
             return [
-                Log(PaxosPartEnded(self.txid, True)),
+                ForceLog(PaxosPartEnded(self.txid, True)),
+                *self._applied(),
                 Decide(Outcome.COMMITTED, self.reason),
                 Compact(),
                 Forget(),
             ]
         if self.state is PartState.ABORTING and event.op is ResourceOp.ABORT:
             self.state = PartState.ABORTED
+            if not self.forced_prepared:
+                # Aborted while its prepare ran: nothing of it was ever forced.
+                return [*self._applied(), Decide(Outcome.ABORTED, self.reason), Forget()]
             return [
-                Log(PaxosPartEnded(self.txid, False)),
+                ForceLog(PaxosPartEnded(self.txid, False)),
+                *self._applied(),
                 Decide(Outcome.ABORTED, self.reason),
                 Compact(),
                 Forget(),
@@ -438,6 +500,7 @@ class PaxosParticipant:
             if isinstance(record, PaxosPartPrepared):
                 check_acceptors(record.acceptors)
                 self.state = PartState.RECOVERING
+                self.forced_prepared = True
                 self.participants = record.participants
                 self.acceptors = record.acceptors
                 self.leaders = record.leaders
@@ -455,7 +518,8 @@ class PaxosParticipant:
             committed = self.recovered_end
             self.state = PartState.COMMITTED if committed else PartState.ABORTED
             outcome = Outcome.COMMITTED if committed else Outcome.ABORTED
-            return [Decide(outcome, "recovered from the log"), Forget()]
+            # The acceptors may not have heard: tell them again (idempotent).
+            return [*self._applied(), Decide(outcome, "recovered from the log"), Forget()]
         self.state = PartState.PREPARED
         return self._ask()
 
@@ -500,6 +564,7 @@ class PaxosLeader:
         self.ballot: Ballot | None = None
         self.promises: dict[str, dict[str, Phase1b]] = {}
         self.proposed: set[str] = set()
+        self.recovered_end: bool | None = None
 
     @property
     def quorum(self) -> int:
@@ -529,7 +594,15 @@ class PaxosLeader:
                 self.round = max(self.round, record.round)
                 self.participants = record.participants
                 return []
+            if isinstance(record, PaxosLeaderEnded) and state is LeaderState.RECOVERING:
+                self.recovered_end = record.committed
+                return []
         if isinstance(event, RecoveryDone) and state is LeaderState.RECOVERING:
+            if self.recovered_end is not None:
+                committed = self.recovered_end
+                self.state = LeaderState.COMMITTED if committed else LeaderState.ABORTED
+                outcome = Outcome.COMMITTED if committed else Outcome.ABORTED
+                return [Decide(outcome, "recovered from the log"), Forget()]
             return self._new_ballot()
         raise _illegal("leader", self.txid, state, event)
 
@@ -578,7 +651,16 @@ class PaxosLeader:
         self.promises = {}
         self.proposed = set()
         effects: list[Effect] = [
-            ForceLog(PaxosLeaderBallot(self.txid, self.round, self.participants))
+            ForceLog(
+                PaxosLeaderBallot(
+                    self.txid,
+                    self.round,
+                    self.participants,
+                    self.acceptors,
+                    self.leaders,
+                    self.timeouts,
+                )
+            )
         ]
         for instance in self.participants:
             if instance not in self.learner.chosen:
@@ -592,7 +674,7 @@ class PaxosLeader:
 
     def receive(self, message: Message) -> list[Effect]:
         state = self.state
-        if isinstance(message, DecisionRequest):
+        if isinstance(message, DecisionRequest | PaxosDecisionRequest):
             if state in (LeaderState.COMMITTED, LeaderState.ABORTED):
                 return [
                     Send(
@@ -637,6 +719,12 @@ class PaxosLeader:
             effects.extend(
                 Send(p, Decision(self.txid, self.me, committed)) for p in self.participants
             )
+        if self.round > 0:
+            # Its ballot records would run phase 1 again after a restart; this
+            # one, kept as the tombstone, says it is over.
+            effects.extend([Log(PaxosLeaderEnded(self.txid, committed)), Compact()])
+        # The host remembers the outcome and answers later inquiries with it.
+        effects.append(Forget())
         return effects
 
     def _on_1b(self, message: Phase1b) -> list[Effect]:
@@ -661,3 +749,46 @@ class PaxosLeader:
                 best, value = promise.accepted_ballot, promise.accepted_value
         proposal = Phase2a(self.txid, self.me, instance, message.ballot, value, self._learners())
         return [Send(a, proposal) for a in self.acceptors]
+
+
+# -- a leader asked about a transaction it does not hold ---------------------------
+
+
+def leader_for_unknown(txid: str, me: str, message: Message) -> PaxosLeader | None:
+    """A leader to take `txid` over, if `message` asks `me` to and it is time; else None.
+
+    The caller (the coordinator host) hands it `TakeOver(participants)` and
+    then the message itself.
+    """
+    if not isinstance(message, PaxosDecisionRequest) or me not in message.leaders:
+        return None
+    if message.sender not in message.participants or len(set(message.participants)) != len(
+        message.participants
+    ):
+        return None
+    if message.attempt < takeover_after(message.leaders.index(me), message.timeouts):
+        return None
+    try:
+        check_acceptors(message.acceptors)
+    except ConfigError:
+        return None
+    return PaxosLeader(
+        txid, me, message.acceptors, backups=message.leaders, timeouts=message.timeouts
+    )
+
+
+def answer_for_unknown_leader(txid: str, me: str, message: Message) -> list[Effect]:
+    """What a leader holding nothing about `txid` answers: never a presumption.
+
+    Its log holds nothing in the normal case, so "unknown" says nothing of
+    the outcome, which lives at the acceptors.
+    """
+    return [Ignored(f"{type(message).__name__} about {txid!r}, which {me} does not hold")]
+
+
+def answer_for_finished_leader(
+    txid: str, me: str, outcome: Outcome, message: Message
+) -> list[Effect]:
+    if isinstance(message, PaxosDecisionRequest):
+        return [Send(message.sender, Decision(txid, me, outcome is Outcome.COMMITTED))]
+    return [Ignored(f"late {type(message).__name__} for a finished transaction")]

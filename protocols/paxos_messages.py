@@ -4,8 +4,9 @@ One Paxos consensus instance per participant decides that participant's
 value, PREPARED or ABORTED; the transaction commits iff every instance chose
 PREPARED. The messages name the instance (the participant's process id) and a
 ballot. Tags are explicit and stable (prefix `px-`), never the class name.
-The outcome itself travels in the 2PC `Decision` message and is asked for
-with `DecisionRequest` (`dtxn.protocols.messages`).
+The outcome itself travels in the 2PC `Decision` message
+(`dtxn.protocols.messages`); it is asked for with `PaxosDecisionRequest`,
+which carries what a backup leader needs to take the transaction over.
 """
 
 from __future__ import annotations
@@ -96,7 +97,43 @@ class Nack(Message, frozen=True, tag="px-nack"):
     promised: Ballot
 
 
-PaxosMessage = PaxosPrepare | Phase1a | Phase1b | Phase2a | Phase2b | Nack
+class PaxosDecisionRequest(Message, frozen=True, tag="px-decision-request"):
+    """In-doubt participant -> every leader: the outcome, please (the `attempt`-th time).
+
+    Not the 2PC `DecisionRequest`: a coordinator that knows nothing of a
+    2PC transaction presumes abort, which no Paxos leader may do (the
+    outcome lives at the acceptors, not in the leader's log). It carries the
+    transaction's membership, so that a leader that holds nothing (a backup,
+    or a coordinator restarted without records) can take it over.
+    """
+
+    participants: tuple[str, ...]
+    acceptors: tuple[str, ...]
+    leaders: tuple[str, ...]
+    timeouts: Timeouts = Timeouts()
+    attempt: int = 1
+
+
+class PaxosApplied(Message, frozen=True, tag="px-applied"):
+    """Participant -> every acceptor: the outcome is applied here (forced) for good.
+
+    An acceptor that has heard it from every participant drops its records:
+    no one can be in doubt any more, so no leader will ask it again.
+    """
+
+    participants: tuple[str, ...]
+
+
+PaxosMessage = (
+    PaxosPrepare
+    | Phase1a
+    | Phase1b
+    | Phase2a
+    | Phase2b
+    | Nack
+    | PaxosDecisionRequest
+    | PaxosApplied
+)
 
 PAXOS_MESSAGE_TYPES: tuple[type[Message], ...] = (
     PaxosPrepare,
@@ -105,4 +142,6 @@ PAXOS_MESSAGE_TYPES: tuple[type[Message], ...] = (
     Phase2a,
     Phase2b,
     Nack,
+    PaxosDecisionRequest,
+    PaxosApplied,
 )

@@ -8,13 +8,16 @@ import msgspec
 import pytest
 from dtxn.protocols.effects import (
     Begin,
+    Compact,
     Decide,
     Effect,
     Event,
     ForceLog,
     Forget,
+    Ignored,
     InvokeResource,
     LocalVoteCast,
+    Log,
     Outcome,
     Received,
     RecordRecovered,
@@ -25,7 +28,7 @@ from dtxn.protocols.effects import (
     TimerFired,
 )
 from dtxn.protocols.errors import ConfigError, ProtocolError
-from dtxn.protocols.messages import MESSAGE_TYPES, Decision, DecisionRequest, Vote
+from dtxn.protocols.messages import MESSAGE_TYPES, Decision, DecisionRequest, Timeouts, Vote
 from dtxn.protocols.paxos import (
     DECISION_TIMER,
     LEADER_TIMER,
@@ -36,12 +39,18 @@ from dtxn.protocols.paxos import (
     PaxosLeader,
     PaxosParticipant,
     TakeOver,
+    answer_for_finished_leader,
+    answer_for_unknown_leader,
+    leader_for_unknown,
+    takeover_after,
 )
 from dtxn.protocols.paxos_messages import (
     PAXOS_MESSAGE_TYPES,
     Ballot,
     InstanceValue,
     Nack,
+    PaxosApplied,
+    PaxosDecisionRequest,
     PaxosMessage,
     PaxosPrepare,
     Phase1a,
@@ -53,6 +62,7 @@ from dtxn.protocols.paxos_records import (
     PAXOS_RECORD_TYPES,
     PaxosAcceptorState,
     PaxosLeaderBallot,
+    PaxosLeaderEnded,
     PaxosPartEnded,
     PaxosPartPrepared,
     PaxosRecord,
@@ -168,7 +178,8 @@ def test_a_no_vote_proposes_aborted_at_ballot_0_and_decides_abort_at_once_forcin
     effects = part.handle(LocalVoteCast(Vote.NO, "full"))
     assert not [e for e in effects if isinstance(e, ForceLog)]
     assert {s.message for s in sends(effects)} == {
-        Phase2a(TX, P1, P1, Ballot(0, P1), ABORTED, (L1,))
+        Phase2a(TX, P1, P1, Ballot(0, P1), ABORTED, (L1,)),
+        PaxosApplied(TX, P1, (P1, P2)),
     }
     assert effects[-2:] == [Decide(Outcome.ABORTED, "full"), Forget()]
 
@@ -206,7 +217,7 @@ def test_a_participant_rebuilt_from_its_prepared_record_is_in_doubt_and_asks_aga
     assert part.state is PartState.PREPARED
     targets = [s.to for s in sends(effects)]
     assert targets == [*A, L1, L2]
-    assert sends(effects)[-1].message == DecisionRequest(TX, P1)
+    assert sends(effects)[-1].message == PaxosDecisionRequest(TX, P1, (P1, P2), A, (L1, L2))
 
 
 # -- acceptor -------------------------------------------------------------------------
@@ -318,7 +329,7 @@ def test_on_timeout_the_leader_forces_a_higher_round_then_runs_phase_1_for_unkno
     leader.handle(rx(b2("a2", P1, PREPARED)))  # P1's instance is known
     leader.handle(rx(Nack(TX, "a3", P2, Ballot(0, P2), Ballot(4, L2))))
     effects = leader.handle(TimerFired(LEADER_TIMER))
-    assert effects[0] == ForceLog(PaxosLeaderBallot(TX, 5, (P1, P2)))
+    assert effects[0] == ForceLog(PaxosLeaderBallot(TX, 5, (P1, P2), A, leader.leaders))
     assert {(s.to, s.message) for s in sends(effects)} == {
         (a, Phase1a(TX, L1, P2, Ballot(5, L1))) for a in A
     }
@@ -343,14 +354,15 @@ def test_a_restarted_leader_resumes_with_a_round_above_its_forced_one() -> None:
     leader.handle(RecordRecovered(PaxosLeaderBallot(TX, 1, (P1, P2))))
     leader.handle(RecordRecovered(PaxosLeaderBallot(TX, 2, (P1, P2))))
     effects = leader.handle(RecoveryDone())
-    assert effects[0] == ForceLog(PaxosLeaderBallot(TX, 3, (P1, P2)))
+    assert effects[0] == ForceLog(PaxosLeaderBallot(TX, 3, (P1, P2), A, (L1,)))
     assert {s.message for s in sends(effects)} >= {Phase1a(TX, L1, P1, Ballot(3, L1))}
 
 
 def test_a_backup_leader_taking_over_runs_phase_1_for_every_instance() -> None:
     leader = PaxosLeader(TX, L2, A)
     effects = leader.handle(TakeOver((P1, P2)))
-    assert effects[0] == ForceLog(PaxosLeaderBallot(TX, 1, (P1, P2)))
+    # The membership is forced with the round: a restart must run phase 1 again.
+    assert effects[0] == ForceLog(PaxosLeaderBallot(TX, 1, (P1, P2), A, (L2,)))
     assert len(sends(effects)) == 2 * len(A)
 
 
@@ -409,3 +421,95 @@ def test_a_participant_timer_re_asks_only_while_in_doubt() -> None:
     assert sends(part.handle(TimerFired(DECISION_TIMER)))
     part.handle(rx(Decision(TX, L1, False)))
     assert not sends(part.handle(TimerFired(DECISION_TIMER)))
+
+
+# -- ends, compaction and takeover (what the runtime relies on) ---------------------------
+
+
+def test_a_participant_forces_its_end_before_telling_the_acceptors_it_applied() -> None:
+    part = prepared_participant()
+    part.handle(rx(Decision(TX, L1, True)))
+    effects = part.handle(ResourceApplied(ResourceOp.COMMIT))
+    assert effects[0] == ForceLog(PaxosPartEnded(TX, True))
+    assert {(s.to, s.message) for s in sends(effects)} == {
+        (a, PaxosApplied(TX, P1, (P1, P2))) for a in A
+    }
+    assert effects[-2:] == [Compact(), Forget()]
+
+
+def test_an_acceptor_drops_its_records_once_every_participant_applied_and_not_before() -> None:
+    acc = PaxosAcceptor(TX, "a1")
+    acc.handle(rx(Phase2a(TX, P1, P1, Ballot(0, P1), PREPARED, (L1,))))
+    assert acc.handle(rx(PaxosApplied(TX, P1, (P1, P2)))) == []
+    assert acc.handle(rx(PaxosApplied(TX, P1, (P1, P2)))) == []  # a duplicate counts once
+    assert acc.handle(rx(PaxosApplied(TX, P2, (P1, P2)))) == [Compact(), Forget()]
+
+
+def test_an_acceptor_refuses_an_applied_from_a_process_that_is_no_participant() -> None:
+    acc = PaxosAcceptor(TX, "a1")
+    (effect,) = acc.handle(rx(PaxosApplied(TX, "mallory", (P1,))))
+    assert isinstance(effect, Ignored) and effect.violation
+    assert acc.applied == set()
+
+
+def test_a_leader_in_the_normal_case_forgets_once_decided_and_writes_nothing() -> None:
+    leader = begun_leader()
+    for instance in (P1, P2):
+        for a in A[:2]:
+            effects = leader.handle(rx(b2(a, instance, PREPARED)))
+    assert Decide(Outcome.COMMITTED) in effects
+    assert effects[-1] == Forget()
+    assert not [e for e in effects if isinstance(e, ForceLog | Log)]
+
+
+def test_a_leader_that_balloted_leaves_an_end_record_as_its_tombstone() -> None:
+    leader = PaxosLeader(TX, L2, A)
+    leader.handle(TakeOver((P1,)))
+    b = Ballot(1, L2)
+    leader.handle(rx(Phase1b(TX, "a1", P1, b)))
+    leader.handle(rx(Phase1b(TX, "a2", P1, b)))
+    leader.handle(rx(b2("a1", P1, ABORTED, b)))
+    effects = leader.handle(rx(b2("a2", P1, ABORTED, b)))
+    assert effects[-3:] == [Log(PaxosLeaderEnded(TX, False)), Compact(), Forget()]
+    rebuilt = PaxosLeader(TX, L2, A)
+    rebuilt.handle(RecordRecovered(PaxosLeaderBallot(TX, 1, (P1,), A, (L2,))))
+    rebuilt.handle(RecordRecovered(PaxosLeaderEnded(TX, False)))
+    assert rebuilt.handle(RecoveryDone()) == [
+        Decide(Outcome.ABORTED, "recovered from the log"),
+        Forget(),
+    ]
+
+
+def test_backups_take_over_in_turn_each_about_votes_s_after_the_one_before() -> None:
+    t = Timeouts(votes_s=5.0, decision_s=2.0)
+    assert [takeover_after(i, t) for i in range(4)] == [0, 3, 6, 9]
+    assert takeover_after(1, Timeouts(votes_s=0.1, decision_s=2.0)) == 1
+
+
+@pytest.mark.parametrize(
+    ("me", "attempt", "takes_over"),
+    [(L1, 1, True), (L2, 2, False), (L2, 3, True), ("l9", 9, False)],
+)
+def test_a_leader_holding_nothing_takes_over_only_when_asked_and_when_its_turn_came(
+    me: str, attempt: int, takes_over: bool
+) -> None:
+    t = Timeouts(votes_s=5.0, decision_s=2.0)
+    request = PaxosDecisionRequest(TX, P1, (P1, P2), A, (L1, L2), t, attempt)
+    leader = leader_for_unknown(TX, me, request)
+    assert (leader is not None) is takes_over
+    if leader is not None:
+        assert leader.acceptors == A and leader.timeouts == t
+
+
+def test_a_request_with_bad_membership_makes_no_leader_and_unknown_means_no_presumption() -> None:
+    bad = [
+        PaxosDecisionRequest(TX, P1, (P1,), ("a1", "a2"), (L1,)),  # even acceptors
+        PaxosDecisionRequest(TX, "mallory", (P1,), A, (L1,)),  # asker no participant
+        PaxosDecisionRequest(TX, P1, (P1, P1), A, (L1,)),  # participant twice
+    ]
+    assert [leader_for_unknown(TX, L1, m) for m in bad] == [None, None, None]
+    (effect,) = answer_for_unknown_leader(TX, L1, bad[0])
+    assert isinstance(effect, Ignored) and not effect.violation
+    assert answer_for_finished_leader(TX, L1, Outcome.COMMITTED, bad[0]) == [
+        Send(P1, Decision(TX, L1, True))
+    ]
