@@ -290,6 +290,7 @@ class PartState(enum.Enum):
     ABORTING = "aborting"
     COMMITTED = "committed"
     ABORTED = "aborted"
+    READ_ONLY = "read_only"  # proposed PREPARED, needs no outcome: gone
     RECOVERING = "recovering"
 
 
@@ -430,9 +431,13 @@ class PaxosParticipant:
         return [Ignored(f"ABORT for a transaction held as {state.value}", violation=True)]
 
     def _on_local_vote(self, event: LocalVoteCast) -> list[Effect]:
-        if event.vote is Vote.READ_ONLY:
-            raise ProtocolError(f"Paxos Commit transaction {self.txid!r} has no read-only votes")
         if self.state is PartState.PREPARING:
+            if event.vote is Vote.READ_ONLY:
+                # Nothing to apply either way: its instance may choose PREPARED
+                # (forcing nothing: should it be lost, ABORTED is as good) and
+                # it leaves. No Decide: it never learns the outcome (as in 2PC).
+                self.state = PartState.READ_ONLY
+                return [*self._proposal(PREPARED), *self._applied(), Forget()]
             if event.vote is Vote.YES:
                 self.state = PartState.PREPARED
                 self.forced_prepared = True

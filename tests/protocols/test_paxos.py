@@ -513,3 +513,15 @@ def test_a_request_with_bad_membership_makes_no_leader_and_unknown_means_no_pres
     assert answer_for_finished_leader(TX, L1, Outcome.COMMITTED, bad[0]) == [
         Send(P1, Decision(TX, L1, True))
     ]
+
+
+def test_a_read_only_vote_proposes_prepared_forcing_nothing_and_leaves_without_an_outcome() -> None:
+    part = PaxosParticipant(TX, P1)
+    part.handle(rx(prepare()))
+    effects = part.handle(LocalVoteCast(Vote.READ_ONLY))
+    assert not [e for e in effects if isinstance(e, ForceLog | Decide)]
+    assert {s.message for s in sends(effects)} == {
+        Phase2a(TX, P1, P1, Ballot(0, P1), PREPARED, (L1,)),
+        PaxosApplied(TX, P1, (P1, P2)),
+    }
+    assert effects[-1] == Forget() and part.state is PartState.READ_ONLY
