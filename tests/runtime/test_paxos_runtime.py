@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from dtxn.protocols.messages import Timeouts, Vote
 from dtxn.protocols.paxos_records import PaxosAcceptorState, PaxosPartPrepared
 from dtxn.protocols.records import PartPrepared
 from dtxn.runtime import InProcessTransport, Runtime, UnknownNode
+from dtxn.runtime.cli.inspect import inspect_wal
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.resources.sqlite import SqliteResource
 from dtxn.runtime.wal import read_wal
@@ -296,8 +298,23 @@ async def test_with_two_of_three_acceptors_down_the_outcome_waits_then_commits_a
             # One acceptor of three: nothing can be chosen, both banks in doubt.
             assert not settled(paths)
             assert cluster.rt("bank-a").statistics().txn.in_doubt == 1
+            # `dtxn inspect` shows each role's Paxos state readably.
+            _, summaries = inspect_wal(cluster.wal("bank-a"))
+            by_role = {s.role: s for s in summaries}
+            bank_a = by_role["participant"]
+            if "leader" in by_role:  # bank-a's backup may have taken over already
+                assert by_role["leader"].state.startswith("ballot round ")
+            assert (bank_a.actor, bank_a.protocol, bank_a.state, bank_a.in_doubt) == (
+                "ledger", "paxos", "prepared", True,
+            )
             for name in acceptors[:2]:
                 assert "px-acceptor" in cluster.kinds(name)  # forced before it died
+                _, (acc,) = inspect_wal(cluster.wal(name))
+                assert (acc.role, acc.protocol, acc.in_doubt) == ("acceptor", "paxos", False)
+                assert re.fullmatch(
+                    r"(ledger@bank-[ab]): promised \(0,\1\), accepted prepared at \(0,\1\)",
+                    acc.state,
+                ), acc.state
                 await cluster.nodes[name].start()
             # A quorum again: leaders' phase 1 (or re-sent phase 2a) chooses a
             # value per instance. Either outcome is right (an instance whose
