@@ -30,9 +30,7 @@ async def _cluster(
     ledgers = {name: Ledger() for name in BANKS}
     banks: dict[str, Runtime] = {}
     for name in BANKS:
-        t = await stack.enter_async_context(
-            NatsTransport(url, peers=nodes, coordinators=["coord"])
-        )
+        t = await stack.enter_async_context(NatsTransport(url, peers=nodes, coordinators=["coord"]))
         banks[name] = await stack.enter_async_context(
             Runtime(name, transport=t, resources={"ledger": ledgers[name]}, timeouts=FAST)
         )

@@ -255,9 +255,7 @@ async def test_a_coordinator_that_restarts_without_a_record_takes_its_transactio
         assert (balance(paths["bank-a"]), balance(paths["bank-b"])) == (90, 110)
         # Whoever took over (the restarted coordinator at once, or a bank's
         # backup) forced its ballot first and left its end as a tombstone.
-        takers = [
-            name for name in ("coord", *BANKS) if cluster.rt(name).statistics().txn.takeovers
-        ]
+        takers = [name for name in ("coord", *BANKS) if cluster.rt(name).statistics().txn.takeovers]
         assert takers
         assert restarted.statistics().txn.violations == 0
         await cluster.stop()
@@ -305,7 +303,10 @@ async def test_with_two_of_three_acceptors_down_the_outcome_waits_then_commits_a
             if "leader" in by_role:  # bank-a's backup may have taken over already
                 assert by_role["leader"].state.startswith("ballot round ")
             assert (bank_a.actor, bank_a.protocol, bank_a.state, bank_a.in_doubt) == (
-                "ledger", "paxos", "prepared", True,
+                "ledger",
+                "paxos",
+                "prepared",
+                True,
             )
             for name in acceptors[:2]:
                 assert "px-acceptor" in cluster.kinds(name)  # forced before it died
@@ -345,8 +346,11 @@ async def test_with_two_of_three_acceptors_down_the_outcome_waits_then_commits_a
         ({"fault_tolerance": 2}, ConfigError, "needs 5 acceptors.*only 3.*2 short"),
         ({"fault_tolerance": 0}, ConfigError, "int >= 1"),
         ({"fault_tolerance": True}, ConfigError, "int >= 1"),
-        ({"fault_tolerance": 2, "acceptors": ["bank-a", "bank-b", "coord"]}, ConfigError,
-         "needs 5 acceptors"),
+        (
+            {"fault_tolerance": 2, "acceptors": ["bank-a", "bank-b", "coord"]},
+            ConfigError,
+            "needs 5 acceptors",
+        ),
         ({"protocol": "2pc", "fault_tolerance": 1}, ConfigError, "protocol='paxos'"),
         ({"protocol": "4pc"}, ConfigError, "'paxos'"),
     ],
@@ -398,3 +402,38 @@ async def test_transact_on_a_crashed_node_still_refuses_paxos(tmp_path: Path) ->
         with pytest.raises(TransactionError):
             await coord.transact(TRANSFER, protocol="paxos")
         await cluster.stop("coord")
+
+
+async def test_a_participant_that_crashes_after_forcing_prepared_comes_back_in_doubt_and_agrees(
+    tmp_path: Path,
+) -> None:
+    async with sqlite_ledgers(tmp_path) as (ledgers, paths), anyio.create_task_group() as tg:
+        cluster = Cluster(tmp_path, tg, ledgers)
+        coord = await cluster.start()
+        crashed = anyio.Event()
+
+        def on_trace(txid: str, actor: str, what: str, detail: object) -> None:
+            # Forced PX-PREPARED; its phase 2a never leaves.
+            if what == "forced" and isinstance(detail, PaxosPartPrepared) and not crashed.is_set():
+                crashed.set()
+                cluster.rt("bank-a").crash()
+
+        cluster.rt("bank-a").on_trace(on_trace)
+        async with anyio.create_task_group() as client:
+            client.start_soon(lambda: _transact_until_cancelled(coord, protocol="paxos"))
+            await crashed.wait()
+            await cluster.nodes["bank-a"].crash()
+            restarted = await cluster.nodes["bank-a"].start()
+            (txid,) = {e.txid for e in read_wal(cluster.wal("bank-a")) if e.kind == "px-p-prepared"}
+            # Rebuilt from its record: in doubt until it learns (it may already have).
+            await eventually(lambda: settled(paths))
+            client.cancel_scope.cancel()
+        balances = (balance(paths["bank-a"]), balance(paths["bank-b"]))
+        assert balances in ((90, 110), (100, 100))
+        expected = "committed" if balances == (90, 110) else "aborted"
+        await eventually(
+            lambda: {cluster.rt(bank).status(txid).outcome for bank in BANKS} == {expected}
+        )
+        assert coord.status(txid).outcome == expected
+        assert restarted.statistics().txn.violations == 0
+        await cluster.stop()
