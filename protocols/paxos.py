@@ -184,6 +184,7 @@ class PaxosAcceptor:
         self.state = AcceptorState.ACTIVE
         self.instances: dict[str, PaxosAcceptorState] = {}
         self.applied: set[str] = set()  # participants that applied the outcome
+        self.outcome: bool | None = None  # committed?, as they report it
 
     def handle(self, event: Event) -> list[Effect]:
         if isinstance(event, Received) and self.state is AcceptorState.ACTIVE:
@@ -215,10 +216,20 @@ class PaxosAcceptor:
                     Ignored(f"applied from {message.sender!r}, not a participant", violation=True)
                 ]
             self.applied.add(message.sender)
-            if self.applied.issuperset(message.participants):
-                # Nobody can be in doubt, so no leader asks again: drop it all.
-                return [Compact(), Forget()]
-            return []
+            if message.committed is not None:
+                self.outcome = message.committed
+            if not self.applied.issuperset(message.participants):
+                return []
+            # No participant can be in doubt: drop every record. A leader still
+            # balloting (say, a coordinator a backup finished for) must not
+            # find a blank acceptor, so the host remembers the outcome (Decide
+            # after Compact: no record is kept) and answers it with that.
+            effects: list[Effect] = [Compact()]
+            if self.outcome is not None:
+                outcome = Outcome.COMMITTED if self.outcome else Outcome.ABORTED
+                effects.append(Decide(outcome, "every participant applied it"))
+            effects.append(Forget())
+            return effects
         return [Ignored(f"{type(message).__name__} is not for a Paxos acceptor", violation=True)]
 
     def _on_1a(self, message: Phase1a) -> list[Effect]:
@@ -357,8 +368,8 @@ class PaxosParticipant:
         effects.append(SetTimer(DECISION_TIMER, self.timeouts.decision_s))
         return effects
 
-    def _applied(self) -> list[Effect]:
-        message = PaxosApplied(self.txid, self.me, self.participants)
+    def _applied(self, committed: bool | None) -> list[Effect]:
+        message = PaxosApplied(self.txid, self.me, self.participants, committed)
         return [Send(a, message) for a in self.acceptors]
 
     def receive(self, message: Message) -> list[Effect]:
@@ -437,7 +448,7 @@ class PaxosParticipant:
                 # (forcing nothing: should it be lost, ABORTED is as good) and
                 # it leaves. No Decide: it never learns the outcome (as in 2PC).
                 self.state = PartState.READ_ONLY
-                return [*self._proposal(PREPARED), *self._applied(), Forget()]
+                return [*self._proposal(PREPARED), *self._applied(None), Forget()]
             if event.vote is Vote.YES:
                 self.state = PartState.PREPARED
                 self.forced_prepared = True
@@ -459,7 +470,7 @@ class PaxosParticipant:
             self.state = PartState.ABORTED
             self.reason = event.reason or "voted no"
             effects = self._proposal(ABORTED)
-            effects.extend(self._applied())
+            effects.extend(self._applied(False))
             effects.extend([Decide(Outcome.ABORTED, self.reason), Forget()])
             return effects
         if self.state is PartState.ABORTED and self.vote_pending:
@@ -467,7 +478,7 @@ class PaxosParticipant:
             if event.vote is Vote.YES:
                 self.state = PartState.ABORTING
                 return [InvokeResource(ResourceOp.ABORT)]
-            return [*self._applied(), Decide(Outcome.ABORTED, self.reason), Forget()]
+            return [*self._applied(False), Decide(Outcome.ABORTED, self.reason), Forget()]
         raise _illegal("participant", self.txid, self.state, event)
 
     def _on_applied(self, event: ResourceApplied) -> list[Effect]:
@@ -475,7 +486,7 @@ class PaxosParticipant:
             self.state = PartState.COMMITTED
             return [
                 ForceLog(PaxosPartEnded(self.txid, True)),
-                *self._applied(),
+                *self._applied(True),
                 Decide(Outcome.COMMITTED, self.reason),
                 Compact(),
                 Forget(),
@@ -484,10 +495,10 @@ class PaxosParticipant:
             self.state = PartState.ABORTED
             if not self.forced_prepared:
                 # Aborted while its prepare ran: nothing of it was ever forced.
-                return [*self._applied(), Decide(Outcome.ABORTED, self.reason), Forget()]
+                return [*self._applied(False), Decide(Outcome.ABORTED, self.reason), Forget()]
             return [
                 ForceLog(PaxosPartEnded(self.txid, False)),
-                *self._applied(),
+                *self._applied(False),
                 Decide(Outcome.ABORTED, self.reason),
                 Compact(),
                 Forget(),
@@ -524,7 +535,7 @@ class PaxosParticipant:
             self.state = PartState.COMMITTED if committed else PartState.ABORTED
             outcome = Outcome.COMMITTED if committed else Outcome.ABORTED
             # The acceptors may not have heard: tell them again (idempotent).
-            return [*self._applied(), Decide(outcome, "recovered from the log"), Forget()]
+            return [*self._applied(committed), Decide(outcome, "recovered from the log"), Forget()]
         self.state = PartState.PREPARED
         return self._ask()
 
@@ -710,6 +721,16 @@ class PaxosLeader:
                 return self._on_1b(message)
             self.seen_round = max(self.seen_round, message.promised.round)
             return []
+        if isinstance(message, Decision) and message.sender in self.acceptors:
+            if state not in (LeaderState.WAITING, LeaderState.BALLOTING):
+                return [Ignored(f"late outcome from acceptor {message.sender!r}")]
+            # The acceptors forgot it once every participant applied it; they
+            # remember the outcome, which nobody needs announced any more.
+            return self._decided(
+                Outcome.COMMITTED if message.commit else Outcome.ABORTED,
+                f"every participant applied it (told by {message.sender})",
+                announce=False,
+            )
         return [Ignored(f"{type(message).__name__} is not for a Paxos leader", violation=True)]
 
     def _on_2b(self, message: Phase2b) -> list[Effect]:
@@ -717,10 +738,13 @@ class PaxosLeader:
         outcome = self.learner.outcome(self.participants)
         if outcome is None:
             return []
+        return self._decided(outcome, "", announce=True)
+
+    def _decided(self, outcome: Outcome, reason: str, *, announce: bool) -> list[Effect]:
         committed = outcome is Outcome.COMMITTED
         self.state = LeaderState.COMMITTED if committed else LeaderState.ABORTED
-        effects: list[Effect] = [CancelTimer(LEADER_TIMER), Decide(outcome)]
-        if not self.faster or self.ballot is not None:
+        effects: list[Effect] = [CancelTimer(LEADER_TIMER), Decide(outcome, reason)]
+        if announce and (not self.faster or self.ballot is not None):
             effects.extend(
                 Send(p, Decision(self.txid, self.me, committed)) for p in self.participants
             )

@@ -117,11 +117,14 @@ class PaxosDecisionRequest(Message, frozen=True, tag="px-decision-request"):
 class PaxosApplied(Message, frozen=True, tag="px-applied"):
     """Participant -> every acceptor: the outcome is applied here (forced) for good.
 
-    An acceptor that has heard it from every participant drops its records:
-    no one can be in doubt any more, so no leader will ask it again.
+    An acceptor that has heard it from every participant drops its records
+    (no participant can be in doubt any more) and remembers the outcome,
+    `committed` (None from a read-only participant, which never learns it),
+    to tell a leader that still runs a ballot.
     """
 
     participants: tuple[str, ...]
+    committed: bool | None = None
 
 
 PaxosMessage = (

@@ -10,8 +10,8 @@ the outcome applied (`PaxosApplied`).
 
 from __future__ import annotations
 
-from dtxn.protocols.effects import Effect, Ignored
-from dtxn.protocols.messages import Message
+from dtxn.protocols.effects import Effect, Ignored, Outcome, Send
+from dtxn.protocols.messages import Decision, Message
 from dtxn.protocols.paxos import PaxosAcceptor
 from dtxn.protocols.paxos_messages import Phase1a, Phase2a
 from dtxn.runtime.hosting._host import HostServices, MachineHost
@@ -31,11 +31,20 @@ class AcceptorHost(MachineHost):
     def deliver(self, message: Message) -> None:
         txid = message.txid
         txn = self.txns.get(txid)
-        if txn is None and isinstance(message, Phase1a | Phase2a):
+        if txn is None and isinstance(message, Phase1a | Phase2a) and txid not in self.finished:
             self.add(txid, self.new_machine(txid))
             txn = self.txns.get(txid)
         self._deliver(txid, txn, message)
 
     def answer_unknown(self, message: Message) -> list[Effect] | None:
+        outcome = self.finished.get(message.txid)
+        leader_ballot = isinstance(message, Phase1a) or (
+            isinstance(message, Phase2a) and message.ballot.round > 0
+        )
+        if outcome is not None and leader_ballot:
+            # A leader still balloting for a transaction every participant
+            # applied: what they applied, not a blank acceptor's promise.
+            committed = outcome is Outcome.COMMITTED
+            return [Send(message.sender, Decision(message.txid, self.me, committed))]
         # A `PaxosApplied` after the records were dropped, or a stray message.
         return [Ignored(f"{type(message).__name__} for {message.txid!r}, not held by {self.me}")]

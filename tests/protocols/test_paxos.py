@@ -8,6 +8,7 @@ import msgspec
 import pytest
 from dtxn.protocols.effects import (
     Begin,
+    CancelTimer,
     Compact,
     Decide,
     Effect,
@@ -179,7 +180,7 @@ def test_a_no_vote_proposes_aborted_at_ballot_0_and_decides_abort_at_once_forcin
     assert not [e for e in effects if isinstance(e, ForceLog)]
     assert {s.message for s in sends(effects)} == {
         Phase2a(TX, P1, P1, Ballot(0, P1), ABORTED, (L1,)),
-        PaxosApplied(TX, P1, (P1, P2)),
+        PaxosApplied(TX, P1, (P1, P2), False),
     }
     assert effects[-2:] == [Decide(Outcome.ABORTED, "full"), Forget()]
 
@@ -432,7 +433,7 @@ def test_a_participant_forces_its_end_before_telling_the_acceptors_it_applied() 
     effects = part.handle(ResourceApplied(ResourceOp.COMMIT))
     assert effects[0] == ForceLog(PaxosPartEnded(TX, True))
     assert {(s.to, s.message) for s in sends(effects)} == {
-        (a, PaxosApplied(TX, P1, (P1, P2))) for a in A
+        (a, PaxosApplied(TX, P1, (P1, P2), True)) for a in A
     }
     assert effects[-2:] == [Compact(), Forget()]
 
@@ -440,9 +441,29 @@ def test_a_participant_forces_its_end_before_telling_the_acceptors_it_applied() 
 def test_an_acceptor_drops_its_records_once_every_participant_applied_and_not_before() -> None:
     acc = PaxosAcceptor(TX, "a1")
     acc.handle(rx(Phase2a(TX, P1, P1, Ballot(0, P1), PREPARED, (L1,))))
-    assert acc.handle(rx(PaxosApplied(TX, P1, (P1, P2)))) == []
-    assert acc.handle(rx(PaxosApplied(TX, P1, (P1, P2)))) == []  # a duplicate counts once
-    assert acc.handle(rx(PaxosApplied(TX, P2, (P1, P2)))) == [Compact(), Forget()]
+    assert acc.handle(rx(PaxosApplied(TX, P1, (P1, P2), True))) == []
+    assert acc.handle(rx(PaxosApplied(TX, P1, (P1, P2), True))) == []  # a duplicate counts once
+    # Compact first: no record is kept; the host remembers the outcome in memory.
+    assert acc.handle(rx(PaxosApplied(TX, P2, (P1, P2), None))) == [
+        Compact(),
+        Decide(Outcome.COMMITTED, "every participant applied it"),
+        Forget(),
+    ]
+
+
+def test_a_leader_still_balloting_learns_the_outcome_from_an_acceptor_that_forgot() -> None:
+    leader = begun_leader()
+    leader.handle(TimerFired(LEADER_TIMER))  # round 1: it forced a ballot
+    effects = leader.handle(rx(Decision(TX, "a2", True)))
+    assert effects[:2] == [
+        CancelTimer(LEADER_TIMER),
+        Decide(Outcome.COMMITTED, "every participant applied it (told by a2)"),
+    ]
+    assert not sends(effects)  # every participant has it already
+    assert effects[-3:] == [Log(PaxosLeaderEnded(TX, True)), Compact(), Forget()]
+    # A Decision from anyone else is no news to a leader.
+    (ignored,) = begun_leader().handle(rx(Decision(TX, "mallory", False)))
+    assert isinstance(ignored, Ignored) and ignored.violation
 
 
 def test_an_acceptor_refuses_an_applied_from_a_process_that_is_no_participant() -> None:
@@ -522,6 +543,6 @@ def test_a_read_only_vote_proposes_prepared_forcing_nothing_and_leaves_without_a
     assert not [e for e in effects if isinstance(e, ForceLog | Decide)]
     assert {s.message for s in sends(effects)} == {
         Phase2a(TX, P1, P1, Ballot(0, P1), PREPARED, (L1,)),
-        PaxosApplied(TX, P1, (P1, P2)),
+        PaxosApplied(TX, P1, (P1, P2), None),
     }
     assert effects[-1] == Forget() and part.state is PartState.READ_ONLY

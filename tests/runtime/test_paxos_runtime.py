@@ -18,8 +18,10 @@ from typing import Any
 
 import anyio
 import pytest
+from dtxn.protocols.effects import Outcome
 from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.messages import Timeouts, Vote
+from dtxn.protocols.paxos_messages import Ballot, Phase1a
 from dtxn.protocols.paxos_records import PaxosAcceptorState, PaxosPartPrepared
 from dtxn.protocols.records import PartPrepared
 from dtxn.runtime import InProcessTransport, Runtime, UnknownNode
@@ -133,6 +135,15 @@ async def test_a_paxos_transfer_commits_at_both_banks_and_the_acceptors_forget_i
         await eventually(lambda: all(not cluster.rt(n).acceptor.txns for n in names))
         for bank in BANKS:
             assert cluster.rt(bank).status(outcome.txid).outcome == "committed"
+        # A leader still balloting now (a stale coordinator) meets no blank
+        # acceptor: the outcome is remembered and sent back, nothing recreated.
+        acceptor = cluster.rt("bank-a").acceptor
+        assert acceptor.finished[outcome.txid] is Outcome.COMMITTED
+        sent = cluster.rt("bank-a").statistics().txn.messages_sent
+        stale = Phase1a(outcome.txid, "coordinator@bank-b", "ledger@bank-a", Ballot(9, "x"))
+        acceptor.deliver(stale)
+        assert not acceptor.txns
+        assert cluster.rt("bank-a").statistics().txn.messages_sent == sent + 1
         await cluster.stop()  # the drops wait for a commit: stopping makes one
         assert cluster.kinds("coord") == []
         for bank in BANKS:
