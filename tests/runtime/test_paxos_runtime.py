@@ -25,6 +25,7 @@ from dtxn.protocols.paxos_messages import Ballot, Phase1a
 from dtxn.protocols.paxos_records import PaxosAcceptorState, PaxosPartPrepared
 from dtxn.protocols.records import PartPrepared
 from dtxn.runtime import InProcessTransport, Runtime, UnknownNode
+from dtxn.runtime.caps import paxos_placement
 from dtxn.runtime.cli.inspect import inspect_wal
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.resources.sqlite import SqliteResource
@@ -448,3 +449,20 @@ async def test_a_participant_that_crashes_after_forcing_prepared_comes_back_in_d
         assert coord.status(txid).outcome == expected
         assert restarted.statistics().txn.violations == 0
         await cluster.stop()
+
+
+def test_default_placement_takes_the_participants_nodes_then_the_coordinators() -> None:
+    pids = ("x@n1", "y@n2", "z@n1", "w@n3", "v@n4")
+    acceptors, leaders = paxos_placement("me", pids, None, None, None)
+    assert acceptors == ("acceptor@n1", "acceptor@n2", "acceptor@n3")
+    assert leaders == tuple(f"coordinator@{n}" for n in ("me", "n1", "n2", "n3", "n4"))
+    acceptors, _ = paxos_placement("me", pids[:2], None, None, None)
+    assert acceptors == ("acceptor@n1", "acceptor@n2", "acceptor@me")
+    acceptors, _ = paxos_placement("n5", pids, 2, None, None)
+    assert acceptors == tuple(f"acceptor@n{i}" for i in range(1, 6))
+    # A coordinator on a participant's node adds no node: 4 of the 5 needed.
+    with pytest.raises(ConfigError, match=r"needs 5 acceptors.*only 4.*1 short"):
+        paxos_placement("n2", pids, 2, None, None)
+    # Named acceptors are taken as given, in order.
+    acceptors, _ = paxos_placement("me", pids, None, ["n4", "me", "n9"], lambda node: True)
+    assert acceptors == ("acceptor@n4", "acceptor@me", "acceptor@n9")
