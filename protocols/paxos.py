@@ -30,10 +30,11 @@ learn the same values.
 In doubt, a participant asks every leader with `PaxosDecisionRequest`,
 which names the membership and how many times it asked. A leader that
 holds nothing about the transaction (a backup, or a coordinator restarted
-without records) takes it over (`leader_for_unknown`) once the participant
-has asked `takeover_after(i)` times, i being its place in the leaders list:
-the coordinator at once, the first backup after about `votes_s`, the next
-one `votes_s` later, so that backups rarely duel. Once every participant
+without records) takes it over (`leader_for_unknown`) when the asker is a
+participant on its own node and has asked `takeover_after(i)` times, i
+being its place in the leaders list: the coordinator at once, the first
+backup after about `votes_s`, the next one `votes_s` later, so that backups
+rarely duel. Once every participant
 has applied the outcome (forced PX-ENDED) and told the acceptors
 (`PaxosApplied`), the acceptors drop their records.
 
@@ -790,6 +791,11 @@ def leader_for_unknown(txid: str, me: str, message: Message) -> PaxosLeader | No
     then the message itself.
     """
     if not isinstance(message, PaxosDecisionRequest) or me not in message.leaders:
+        return None
+    if message.sender.rpartition("@")[2] != me.rpartition("@")[2]:
+        # Only for a participant of its own node, whose membership came in
+        # the coordinator's PaxosPrepare: a request from elsewhere could name
+        # acceptors of its own choosing and so decide what it likes.
         return None
     if message.sender not in message.participants or len(set(message.participants)) != len(
         message.participants

@@ -507,15 +507,26 @@ def test_backups_take_over_in_turn_each_about_votes_s_after_the_one_before() -> 
     assert takeover_after(1, Timeouts(votes_s=0.1, decision_s=2.0)) == 1
 
 
+C, N1, N2 = "coordinator@c", "coordinator@n1", "coordinator@n2"
+MEMBERS = ("ledger@c", "ledger@n1", "ledger@n2")
+
+
 @pytest.mark.parametrize(
-    ("me", "attempt", "takes_over"),
-    [(L1, 1, True), (L2, 2, False), (L2, 3, True), ("l9", 9, False)],
+    ("me", "sender", "attempt", "takes_over"),
+    [
+        (N1, "ledger@n1", 3, True),  # backup 1, asked by its node's participant, its turn
+        (N1, "ledger@n1", 2, False),  # not yet its turn
+        (N2, "ledger@n1", 9, False),  # asked by another node's participant: never
+        (C, "ledger@c", 1, True),  # the coordinator (restarted), asked by its own node
+        (C, "ledger@n1", 9, False),
+        ("coordinator@n9", "ledger@n9", 9, False),  # no leader of this transaction
+    ],
 )
-def test_a_leader_holding_nothing_takes_over_only_when_asked_and_when_its_turn_came(
-    me: str, attempt: int, takes_over: bool
+def test_a_leader_holding_nothing_takes_over_only_for_its_nodes_participant_in_its_turn(
+    me: str, sender: str, attempt: int, takes_over: bool
 ) -> None:
     t = Timeouts(votes_s=5.0, decision_s=2.0)
-    request = PaxosDecisionRequest(TX, P1, (P1, P2), A, (L1, L2), t, attempt)
+    request = PaxosDecisionRequest(TX, sender, MEMBERS, A, (C, N1, N2), t, attempt)
     leader = leader_for_unknown(TX, me, request)
     assert (leader is not None) is takes_over
     if leader is not None:
@@ -523,16 +534,19 @@ def test_a_leader_holding_nothing_takes_over_only_when_asked_and_when_its_turn_c
 
 
 def test_a_request_with_bad_membership_makes_no_leader_and_unknown_means_no_presumption() -> None:
+    asker = "ledger@n1"
+    good = PaxosDecisionRequest(TX, asker, MEMBERS, A, (C, N1), attempt=9)
+    assert leader_for_unknown(TX, N1, good) is not None
     bad = [
-        PaxosDecisionRequest(TX, P1, (P1,), ("a1", "a2"), (L1,)),  # even acceptors
-        PaxosDecisionRequest(TX, "mallory", (P1,), A, (L1,)),  # asker no participant
-        PaxosDecisionRequest(TX, P1, (P1, P1), A, (L1,)),  # participant twice
+        PaxosDecisionRequest(TX, asker, MEMBERS, ("a1", "a2"), (C, N1), attempt=9),  # even
+        PaxosDecisionRequest(TX, asker, ("ledger@c",), A, (C, N1), attempt=9),  # not a member
+        PaxosDecisionRequest(TX, asker, (asker, asker), A, (C, N1), attempt=9),  # twice
     ]
-    assert [leader_for_unknown(TX, L1, m) for m in bad] == [None, None, None]
+    assert [leader_for_unknown(TX, N1, m) for m in bad] == [None, None, None]
     (effect,) = answer_for_unknown_leader(TX, L1, bad[0])
     assert isinstance(effect, Ignored) and not effect.violation
     assert answer_for_finished_leader(TX, L1, Outcome.COMMITTED, bad[0]) == [
-        Send(P1, Decision(TX, L1, True))
+        Send(asker, Decision(TX, L1, True))
     ]
 
 
