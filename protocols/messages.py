@@ -27,6 +27,7 @@ class Protocol(enum.Enum):
 
     TWO_PC = "2pc"
     THREE_PC = "3pc"
+    PAXOS = "paxos"  # Paxos Commit; its messages are in dtxn.protocols.paxos_messages
 
 
 class PeerState(enum.Enum):

@@ -3,8 +3,9 @@
     async with Runtime("bank-a", wal_path="bank-a.db", resources={"ledger": Ledger()}) as rt:
         ...
 
-A runtime always hosts a coordinator actor (named "coordinator") and one
-participant actor per configured `Resource`. Entering the block opens the
+A runtime always hosts a coordinator actor (named "coordinator"), a Paxos
+Commit acceptor actor ("acceptor") and one participant actor per configured
+`Resource`. Entering the block opens the
 WAL, rebuilds every unfinished transaction from it (recovery) and only then
 attaches to the transport. Leaving it normally drains the actors' mailboxes
 and stops; in-flight transactions keep their durable state and are finished
@@ -39,6 +40,7 @@ from dtxn.actors.timing import Cancellable
 from dtxn.protocols.choose import Capabilities, Choice, Requirements, choose_protocol
 from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.messages import Message, Prepare, Protocol, Timeouts
+from dtxn.protocols.paxos_messages import PaxosPrepare
 from dtxn.protocols.records import CoordChose
 from dtxn.protocols.saga import SagaDefinition, SagaReport
 from dtxn.runtime import otel
@@ -52,6 +54,7 @@ from dtxn.runtime.caps import (
     parse_pid,
     participant_items,
     participant_pid,
+    paxos_placement,
 )
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.hosting import (
@@ -62,6 +65,7 @@ from dtxn.runtime.hosting import (
     MachineHost,
     WorkerPool,
 )
+from dtxn.runtime.hosting.acceptor import ACCEPTOR_ACTOR, AcceptorHost
 from dtxn.runtime.hosting.coordinator import COORDINATOR_ACTOR, CoordinatorHost, TxnOutcome
 from dtxn.runtime.hosting.participant import ParticipantHost
 from dtxn.runtime.hosting.recovery import rebuild, resume
@@ -160,9 +164,10 @@ class Runtime:
         self.resource_concurrency = resource_concurrency
         self.resources = dict(resources or {})
         for name, resource in self.resources.items():
-            if not name or "@" in name or name in (COORDINATOR_ACTOR, SAGA_ACTOR):
+            if not name or "@" in name or name in (COORDINATOR_ACTOR, SAGA_ACTOR, ACCEPTOR_ACTOR):
                 raise ConfigError(f"resource name {name!r} must be non-empty, without '@', "
-                                  f"and not {COORDINATOR_ACTOR!r}")
+                                  f"and not {COORDINATOR_ACTOR!r}, {SAGA_ACTOR!r} or "
+                                  f"{ACCEPTOR_ACTOR!r}")
             if not isinstance(resource, Resource):
                 raise ConfigError(
                     f"resource {name!r} is a {type(resource).__name__}, which lacks "
@@ -171,6 +176,7 @@ class Runtime:
         self.system = ActorSystem(self.clock, name=node)
         self.counters = Counters()
         self.coordinator = CoordinatorHost(self, node)
+        self.acceptor = AcceptorHost(self, node)
         self.sagas = SagaHost(
             self,
             node,
@@ -198,6 +204,7 @@ class Runtime:
         # in broken protocol variants. Set before entering; None in production.
         self.machine_factory: Callable[[Any], Any] | None = None
         self.sagas.ended_max = self.coordinator.finished_max = remember_ended
+        self.acceptor.finished_max = remember_ended
         self.participants: dict[str, ParticipantHost] = {}
         self._refs: dict[str, ActorRef[Any]] = {}
         self._addresses: dict[str, Address] = {}
@@ -264,6 +271,7 @@ class Runtime:
             hosts: dict[str, MachineHost] = {
                 COORDINATOR_ACTOR: self.coordinator,
                 SAGA_ACTOR: self.sagas,
+                ACCEPTOR_ACTOR: self.acceptor,
             }
             # Each pool is its workers' task group (see workers.py).
             self.sagas.pool.on_failure = self._worker_failed
@@ -426,7 +434,7 @@ class Runtime:
         self.crash()
 
     def _hosts(self) -> list[MachineHost]:
-        return [self.coordinator, self.sagas, *self.participants.values()]
+        return [self.coordinator, self.sagas, self.acceptor, *self.participants.values()]
 
     # -- transactions --------------------------------------------------------------
 
@@ -444,6 +452,8 @@ class Runtime:
         cooperative: bool = True,
         requirements: Requirements | None = None,
         capabilities: Mapping[str, Capabilities] | None = None,
+        fault_tolerance: int | None = None,
+        acceptors: Iterable[str] | None = None,
     ) -> TxnOutcome:
         """Run one atomic transaction and return its outcome.
 
@@ -454,6 +464,13 @@ class Runtime:
         the choice and its reason go to the WAL (a `CoordChose` record), the
         log and the trace. The outcome is returned once the decision is
         durable at the coordinator.
+
+        "paxos" runs Paxos Commit, which survives the coordinator's loss:
+        2F+1 acceptors (`fault_tolerance=F`, default 1) on the nodes named
+        by `acceptors`, or by default on the participants' nodes and then
+        this one; any participant's node takes over a transaction whose
+        coordinator went silent. Its outcome is returned once chosen by the
+        acceptors (F+1 of them forced it). See docs/protocols.md.
         """
         if self._exit is None:
             raise TransactionError(f"runtime {self.node!r} is not running; use `async with`")
@@ -472,7 +489,7 @@ class Runtime:
                 proto = Protocol(protocol)
             except ValueError:
                 raise ConfigError(
-                    f"unknown protocol {protocol!r}; choose '2pc', '3pc' or 'auto'"
+                    f"unknown protocol {protocol!r}; choose '2pc', '3pc', 'paxos' or 'auto'"
                 ) from None
         # Everything is checked before anything is sent or logged: a call that
         # raises here has changed nothing (no PREPARE out, no lock anywhere).
@@ -500,6 +517,21 @@ class Runtime:
         if auto:
             choice = _choose(pids, requirements, capabilities)
             proto = Protocol(choice.protocol)
+        paxos_acceptors: tuple[str, ...] = ()
+        paxos_leaders: tuple[str, ...] = ()
+        if proto is Protocol.PAXOS:
+            paxos_acceptors, paxos_leaders = paxos_placement(
+                self.node,
+                pids,
+                fault_tolerance,
+                acceptors,
+                getattr(self.transport, "knows_node", None),
+            )
+        elif fault_tolerance is not None or acceptors is not None:
+            raise ConfigError(
+                "fault_tolerance and acceptors place Paxos Commit's acceptors, so they need "
+                f"protocol='paxos' (got protocol={proto.value!r})"
+            )
         if timeouts is not None:
             check_timeouts(timeouts, self.max_timeout_s, "timeouts")
         if txid is None:
@@ -535,14 +567,16 @@ class Runtime:
         # transaction saves a trip round the loop and a mailbox hand-over.
         if telemetry is None:
             self.coordinator.begin(
-                txid, proto, pids, payloads, timeouts or self.timeouts, cooperative, reply
+                txid, proto, pids, payloads, timeouts or self.timeouts, cooperative, reply,
+                acceptors=paxos_acceptors, leaders=paxos_leaders,
             )
             if choice is not None:
                 self._owns_choice(txid, chose_lsn)
             return await reply
         try:
             self.coordinator.begin(
-                txid, proto, pids, payloads, timeouts or self.timeouts, cooperative, reply
+                txid, proto, pids, payloads, timeouts or self.timeouts, cooperative, reply,
+                acceptors=paxos_acceptors, leaders=paxos_leaders,
             )
             if choice is not None:
                 self._owns_choice(txid, chose_lsn)
@@ -944,7 +978,7 @@ class Runtime:
         if host is None:
             return False
         txid = message.txid
-        if type(message) is Prepare:
+        if type(message) is Prepare or type(message) is PaxosPrepare:
             prepared = self._prepared
             prepared[txid] = None
             if len(prepared) > HOST_MAILBOX:
@@ -1028,6 +1062,7 @@ class Runtime:
             unknown_dropped=c.unknown_dropped,
             presumptions_refused=c.presumptions_refused,
             log_may_be_short=self.log_may_be_short,
+            takeovers=c.takeovers,
         )
         return RuntimeStatistics(self.node, self.system.statistics(), txn, self._undeliverable)
 

@@ -20,6 +20,7 @@ class Counters:
         "resource_retries",
         "started",
         "stuck",
+        "takeovers",
         "unknown_dropped",
         "violations",
     )
@@ -38,6 +39,7 @@ class Counters:
         self.stuck = 0
         self.unknown_dropped = 0
         self.presumptions_refused = 0
+        self.takeovers = 0
 
 
 class TxnStatistics(msgspec.Struct, frozen=True):
@@ -73,3 +75,5 @@ class TxnStatistics(msgspec.Struct, frozen=True):
     presumptions_refused: int = 0
     # Why this node's log may have lost forced records, or None.
     log_may_be_short: str | None = None
+    # Paxos Commit transactions this node's coordinator took over as a backup leader.
+    takeovers: int = 0

@@ -1,21 +1,23 @@
 """What a caller may ask of a node: the timeout cap and the checks of `transact`'s arguments.
 
 Shared by `Runtime` (its own timeouts and every `transact`: timeouts, txid,
-participants, payloads) and `node.toml` (`[node] max_timeout_s`,
-`[timeouts]`), so both refuse the same values. Every check runs before
-anything is sent or logged.
+participants, payloads, Paxos Commit's acceptors) and `node.toml`
+(`[node] max_timeout_s`, `[timeouts]`), so both refuse the same values.
+Every check runs before anything is sent or logged.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 from dtxn.protocols.errors import ConfigError, TransactionError
 from dtxn.protocols.messages import Timeouts
-from dtxn.runtime.transport import Address
+from dtxn.runtime.hosting.acceptor import ACCEPTOR_ACTOR
+from dtxn.runtime.hosting.coordinator import COORDINATOR_ACTOR
+from dtxn.runtime.transport import Address, UnknownNode
 
 # The longest timeout a transaction may ask for, unless a node says otherwise
 # (`Runtime(max_timeout_s=...)`, `[node] max_timeout_s`): a client's
@@ -132,6 +134,82 @@ def check_payloads(pids: tuple[str, ...], payloads: tuple[Any, ...]) -> None:
             ) from exc
 
 
+def paxos_placement(
+    me: str,
+    pids: tuple[str, ...],
+    fault_tolerance: object,
+    acceptors: object,
+    knows_node: Callable[[str], bool] | None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(acceptor pids, leader pids) of a Paxos Commit transaction coordinated on node `me`.
+
+    Acceptors: the nodes in `acceptors` if given (2F+1 distinct node names),
+    else the participants' distinct nodes in order, then `me`, the first
+    2F+1 of them (F = `fault_tolerance`, default 1). Leaders: this node's
+    coordinator, then those of the participants' nodes, in the order a
+    backup takes over. Raises `ConfigError` (or `UnknownNode` for an
+    acceptor node the transport knows is not there); changes nothing.
+    """
+    f: int | None = None
+    if fault_tolerance is not None:
+        if (
+            isinstance(fault_tolerance, bool)
+            or not isinstance(fault_tolerance, int)
+            or fault_tolerance < 1
+        ):
+            raise ConfigError(
+                f"fault_tolerance must be an int >= 1 (acceptors that may fail), "
+                f"got {fault_tolerance!r}"
+            )
+        f = fault_tolerance
+    part_nodes = tuple(dict.fromkeys(pid.partition("@")[2] for pid in pids))
+    nodes: tuple[str, ...]
+    if acceptors is not None:
+        if isinstance(acceptors, str | bytes) or not isinstance(acceptors, Iterable):
+            raise ConfigError(
+                f"acceptors must be a list of node names, got {type(acceptors).__name__} "
+                f"{acceptors!r}"
+            )
+        nodes = tuple(acceptors)
+        for node in nodes:
+            if not isinstance(node, str) or not node or "@" in node:
+                raise ConfigError(
+                    f"acceptors must name nodes (non-empty str without '@'), got {node!r}"
+                )
+        if len(set(nodes)) != len(nodes):
+            raise ConfigError(f"acceptors name a node twice: {list(nodes)!r}")
+        if len(nodes) % 2 == 0:
+            raise ConfigError(
+                f"Paxos Commit needs 2F+1 acceptors (an odd number), got {len(nodes)}: "
+                f"{list(nodes)!r}"
+            )
+        if f is not None and len(nodes) != 2 * f + 1:
+            raise ConfigError(
+                f"fault_tolerance={f} needs {2 * f + 1} acceptors, but acceptors names "
+                f"{len(nodes)}: {list(nodes)!r}"
+            )
+        if knows_node is not None:
+            for node in nodes:
+                if knows_node(node) is False:
+                    raise UnknownNode(
+                        f"acceptor node {node!r} is unknown to this node's transport; "
+                        "nothing was sent"
+                    )
+    else:
+        need = 2 * (f or 1) + 1
+        candidates = part_nodes if me in part_nodes else (*part_nodes, me)
+        nodes = candidates[:need]
+        if len(nodes) < need:
+            raise ConfigError(
+                f"Paxos Commit with fault_tolerance={f or 1} needs {need} acceptors on "
+                f"distinct nodes, but the participants' nodes and the coordinator's give "
+                f"only {len(nodes)} ({', '.join(nodes)}): {need - len(nodes)} short; "
+                "name them with acceptors=[...] or lower fault_tolerance"
+            )
+    leaders = tuple(f"{COORDINATOR_ACTOR}@{node}" for node in dict.fromkeys((me, *part_nodes)))
+    return tuple(f"{ACCEPTOR_ACTOR}@{node}" for node in nodes), leaders
+
+
 __all__ = [
     "MAX_TIMEOUT_S",
     "TXID_MAX",
@@ -142,4 +220,5 @@ __all__ = [
     "parse_pid",
     "participant_items",
     "participant_pid",
+    "paxos_placement",
 ]

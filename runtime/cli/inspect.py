@@ -29,6 +29,15 @@ from typing import Any, TextIO
 import msgspec
 from dtxn.protocols.errors import DtxnError, LogCorruptError
 from dtxn.protocols.messages import Protocol
+from dtxn.protocols.paxos_messages import Ballot
+from dtxn.protocols.paxos_records import (
+    PAXOS_RECORD_TYPES,
+    PaxosAcceptorState,
+    PaxosLeaderBallot,
+    PaxosLeaderEnded,
+    PaxosPartEnded,
+    PaxosRecord,
+)
 from dtxn.protocols.records import (
     AtomicRecord,
     CoordAborted,
@@ -77,7 +86,7 @@ class _AnyLogEntry(msgspec.Struct, frozen=True, array_like=True):
     """`hosting.LogEntry` over both record families (saga hosts write saga records)."""
 
     actor: str
-    record: AtomicRecord | SagaRecord
+    record: AtomicRecord | SagaRecord | PaxosRecord
 
 
 _ANY_DECODER = msgspec.msgpack.Decoder(_AnyLogEntry)
@@ -98,8 +107,8 @@ class TxnSummary(msgspec.Struct, frozen=True):
 
     txid: str
     actor: str
-    role: str  # "coordinator", "participant" or "saga"
-    protocol: str | None  # "2pc", "3pc", "saga"; None when no record says
+    role: str  # "coordinator", "participant", "saga"; Paxos also "leader", "acceptor"
+    protocol: str | None  # "2pc", "3pc", "paxos", "saga"; None when no record says
     state: str
     in_doubt: bool
     stuck: bool
@@ -229,6 +238,55 @@ _SAGA_RECORDS = (
 )
 
 
+_PAXOS_LEADER = (PaxosLeaderBallot, PaxosLeaderEnded)
+
+
+def _ballot(ballot: Ballot | None) -> str:
+    return "-" if ballot is None else f"({ballot.round},{ballot.node or '-'})"
+
+
+def _paxos_state(record: Record) -> str:
+    if isinstance(record, PaxosAcceptorState):
+        value = "nothing" if record.accepted_value is None else record.accepted_value.value
+        return (
+            f"{record.instance}: promised {_ballot(record.promised)}, accepted {value}"
+            f" at {_ballot(record.accepted_ballot)}"
+        )
+    if isinstance(record, PaxosLeaderBallot):
+        return f"ballot round {record.round} over {len(record.acceptors)} acceptors"
+    if isinstance(record, PaxosLeaderEnded | PaxosPartEnded):
+        return "committed" if record.committed else "aborted"
+    return "prepared"  # PaxosPartPrepared
+
+
+def _paxos_summary(txid: str, actor: str, records: list[DecodedRecord]) -> TxnSummary:
+    """A Paxos Commit role: the acceptor's state per instance (the last record of each)."""
+    kinds = {type(r.record) for r in records}
+    if PaxosAcceptorState in kinds:
+        role = "acceptor"
+        last: dict[str, str] = {}
+        for item in records:
+            record = item.record
+            assert isinstance(record, PaxosAcceptorState)
+            last[record.instance] = _paxos_state(record)
+        state = "; ".join(last.values())
+    else:
+        role = "leader" if kinds & set(_PAXOS_LEADER) else "participant"
+        state = _paxos_state(records[-1].record)
+    return TxnSummary(
+        txid,
+        actor,
+        role,
+        Protocol.PAXOS.value,
+        state,
+        in_doubt=role == "participant" and state == "prepared",
+        stuck=False,
+        records=len(records),
+        first_lsn=records[0].lsn,
+        last_lsn=records[-1].lsn,
+    )
+
+
 def summarize(records: Iterable[DecodedRecord]) -> list[TxnSummary]:
     """One summary per (transaction, actor), in the order of their first record."""
     groups: dict[tuple[str, str], list[DecodedRecord]] = {}
@@ -238,6 +296,8 @@ def summarize(records: Iterable[DecodedRecord]) -> list[TxnSummary]:
     for (txid, actor), group in groups.items():
         if any(isinstance(r.record, _SAGA_RECORDS) for r in group):
             summaries.append(_saga_summary(txid, actor, group))
+        elif all(isinstance(r.record, PAXOS_RECORD_TYPES) for r in group):
+            summaries.append(_paxos_summary(txid, actor, group))
         else:
             summaries.append(_atomic_summary(txid, actor, group))
     return summaries

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from dtxn.actors import Actor, Rejected
 from dtxn.protocols.messages import MESSAGE_TYPES, AtomicMessage, Message, Protocol, Timeouts
+from dtxn.protocols.paxos_messages import PAXOS_MESSAGE_TYPES, PaxosMessage
 from dtxn.runtime.hosting._host import MachineHost
 from dtxn.runtime.hosting.coordinator import CoordinatorHost, TxnOutcome
 from dtxn.runtime.hosting.sagas import SagaHost
@@ -70,5 +71,6 @@ class HostActor(Actor[Any]):
 # Set after the class statement because Actor.__init_subclass__ derives both
 # from the type parameter: the host accepts protocol messages and StartTxn, and
 # the wire decodes only the tagged union of protocol messages.
-HostActor.accepts = (*MESSAGE_TYPES, StartTxn, StartSaga)
-HostActor.message_type = AtomicMessage
+# Paxos Commit's messages are part of the same tagged union on the wire.
+HostActor.accepts = (*MESSAGE_TYPES, *PAXOS_MESSAGE_TYPES, StartTxn, StartSaga)
+HostActor.message_type = AtomicMessage | PaxosMessage

@@ -47,6 +47,8 @@ from dtxn.protocols.effects import (
     TimerFired,
 )
 from dtxn.protocols.messages import AtomicMessage, Message
+from dtxn.protocols.paxos_messages import PaxosMessage
+from dtxn.protocols.paxos_records import PaxosRecord
 from dtxn.protocols.records import AtomicRecord, Record, kind_of
 from dtxn.protocols.saga.records import SagaRecord
 from dtxn.runtime.hosting._timer_wheel import Timer, TimerWheel
@@ -68,12 +70,12 @@ class LogEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """
 
     actor: str
-    record: AtomicRecord | SagaRecord
+    record: AtomicRecord | SagaRecord | PaxosRecord
 
 
 LOG_ENCODER = msgspec.msgpack.Encoder()
 LOG_DECODER = msgspec.msgpack.Decoder(LogEntry)
-MESSAGE_DECODER = msgspec.msgpack.Decoder(AtomicMessage)
+MESSAGE_DECODER = msgspec.msgpack.Decoder(AtomicMessage | PaxosMessage)
 
 
 class Machine(Protocol):

@@ -15,6 +15,8 @@ from dtxn.protocols.effects import (
     ResourceOp,
 )
 from dtxn.protocols.messages import Message, Prepare, Protocol, Vote
+from dtxn.protocols.paxos import PaxosParticipant
+from dtxn.protocols.paxos_messages import PaxosPrepare
 from dtxn.protocols.threepc import ThreePCParticipant
 from dtxn.protocols.twopc import (
     TwoPCParticipant,
@@ -51,10 +53,14 @@ class ParticipantHost(MachineHost):
         # The runtime's `machine_factory` (simulator mutation tests), if any.
         self._wrap: Callable[[Any], Any] | None = getattr(services, "machine_factory", None)
 
-    def new_machine(self, txid: str, protocol: Protocol) -> TwoPCParticipant | ThreePCParticipant:
-        machine: TwoPCParticipant | ThreePCParticipant
+    def new_machine(
+        self, txid: str, protocol: Protocol
+    ) -> TwoPCParticipant | ThreePCParticipant | PaxosParticipant:
+        machine: TwoPCParticipant | ThreePCParticipant | PaxosParticipant
         if protocol is Protocol.TWO_PC:
             machine = TwoPCParticipant(txid, self.me)
+        elif protocol is Protocol.PAXOS:
+            machine = PaxosParticipant(txid, self.me)
         else:
             machine = ThreePCParticipant(txid, self.me)
         if self._wrap is not None:
@@ -64,8 +70,11 @@ class ParticipantHost(MachineHost):
     def deliver(self, message: Message) -> None:
         txid = message.txid
         txn = self.txns.get(txid)
-        if txn is None and isinstance(message, Prepare) and txid not in self.finished:
-            self.add(txid, self.new_machine(txid, message.protocol))
+        if txn is None and txid not in self.finished:
+            if isinstance(message, Prepare):
+                self.add(txid, self.new_machine(txid, message.protocol))
+            elif isinstance(message, PaxosPrepare):
+                self.add(txid, self.new_machine(txid, Protocol.PAXOS))
             txn = self.txns.get(txid)
         self._deliver(txid, txn, message)
 

@@ -15,6 +15,13 @@ import msgspec
 from dtxn.protocols.effects import Outcome, RecordRecovered, RecoveryDone
 from dtxn.protocols.errors import ConfigError, LogCorruptError
 from dtxn.protocols.messages import Protocol
+from dtxn.protocols.paxos import PaxosAcceptor, PaxosLeader, PaxosParticipant
+from dtxn.protocols.paxos_records import (
+    PAXOS_RECORD_TYPES,
+    PaxosLeaderBallot,
+    PaxosLeaderEnded,
+    PaxosPartEnded,
+)
 from dtxn.protocols.records import (
     CoordAborted,
     CoordChose,
@@ -27,6 +34,7 @@ from dtxn.protocols.saga.records import SagaFinishedRecord, SagaStarted
 from dtxn.protocols.threepc import ThreePCCoordinator, ThreePCParticipant
 from dtxn.protocols.twopc import TwoPCCoordinator, TwoPCParticipant
 from dtxn.runtime.hosting._host import LOG_DECODER, LogEntry, MachineHost
+from dtxn.runtime.hosting.acceptor import AcceptorHost
 from dtxn.runtime.hosting.coordinator import CoordinatorHost
 from dtxn.runtime.hosting.participant import ParticipantHost
 from dtxn.runtime.hosting.sagas import SagaHost, SagaOutcome
@@ -36,7 +44,7 @@ Pending = list[tuple[MachineHost, str]]
 
 # The records that end an atomic-commit transaction at one process (what its
 # machine keeps as a tombstone when it compacts): nothing after them matters.
-_ENDS = (CoordEnded, CoordAborted, PartCommitted, PartAborted)
+_ENDS = (CoordEnded, CoordAborted, PartCommitted, PartAborted, PaxosPartEnded, PaxosLeaderEnded)
 
 
 def decode_entries(entries: list[WalEntry], where: str) -> list[tuple[WalEntry, LogEntry]]:
@@ -84,6 +92,8 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
                 "configure that resource again before starting"
             )
         protocol = Protocol.TWO_PC
+        if isinstance(records[0], PAXOS_RECORD_TYPES):
+            protocol = Protocol.PAXOS
         for record in records:
             found = getattr(record, "protocol", None)
             if isinstance(found, Protocol):
@@ -109,9 +119,29 @@ def rebuild(entries: list[WalEntry], hosts: Mapping[str, MachineHost], where: st
                 host.dispatch(txid, RecordRecovered(record))
             pending.append((host, txid))
             continue
-        if isinstance(host, CoordinatorHost):
-            machine: TwoPCCoordinator | ThreePCCoordinator | TwoPCParticipant | ThreePCParticipant
-            if protocol is Protocol.TWO_PC:
+        machine: (
+            TwoPCCoordinator
+            | ThreePCCoordinator
+            | TwoPCParticipant
+            | ThreePCParticipant
+            | PaxosParticipant
+            | PaxosLeader
+            | PaxosAcceptor
+        )
+        if isinstance(host, AcceptorHost):
+            machine = host.new_machine(txid)
+        elif isinstance(host, CoordinatorHost):
+            if protocol is Protocol.PAXOS:
+                first = records[0]
+                if not isinstance(first, PaxosLeaderBallot):
+                    raise LogCorruptError(
+                        f"WAL {where}: Paxos leader of {txid!r} starts with "
+                        f"{type(first).__name__}, not a ballot record"
+                    )
+                machine = PaxosLeader(
+                    txid, host.me, first.acceptors, backups=first.leaders, timeouts=first.timeouts
+                )
+            elif protocol is Protocol.TWO_PC:
                 machine = TwoPCCoordinator(txid, host.me)
             else:
                 machine = ThreePCCoordinator(txid, host.me)

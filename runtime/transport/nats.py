@@ -12,7 +12,8 @@ node checks, before a message reaches any actor:
 - the sending node is one of its configured `peers` (when configured);
 - a message that names its sender (`actor@node`, every protocol message
   does) names the node it came from: a node cannot speak for another;
-- a PREPARE comes from one of the configured `coordinators` (when configured).
+- a PREPARE (2PC/3PC or Paxos Commit's) comes from one of the configured
+  `coordinators` (when configured).
 
 Anything else is rejected: counted and reported as a dead letter; it never
 reaches a protocol machine. Bytes are bounded before they are decoded (at
@@ -50,6 +51,7 @@ from dtxn.actors.errors import AskTimeout
 from dtxn.actors.timing import Timekeeper
 from dtxn.protocols.errors import CodecError, ConfigError, DtxnError
 from dtxn.protocols.messages import Prepare
+from dtxn.protocols.paxos_messages import PaxosPrepare
 from dtxn.runtime.clock import Clock
 from dtxn.runtime.extras import missing
 from dtxn.runtime.transport._inprocess import Address, NodePort, RemoteError, UnknownNode
@@ -543,7 +545,7 @@ class NatsTransport:
             return f"{kind} claims sender {sender!r} but came from {sender_node!r}"
         if (
             self.coordinators is not None
-            and isinstance(message, Prepare)
+            and isinstance(message, Prepare | PaxosPrepare)
             and sender_node not in self.coordinators
         ):
             return f"PREPARE from node {sender_node!r}, not a configured coordinator"
