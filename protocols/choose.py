@@ -217,8 +217,8 @@ def choose_protocol(
             " while any participant is up, with no acceptors to run, and in dtxn it sends"
             " fewer messages than Paxos Commit: 6N against 4N(F+1)); safe only while no"
             " process pauses and no message is delayed or lost past its timeouts, else"
-            " the participants can decide differently: if that can happen, require"
-            " partitions_possible to get Paxos Commit",
+            " the participants can decide differently: if that can happen, say"
+            " partitions_possible=True to get Paxos Commit",
             4,
         )
     cannot_compensate = sorted(name for name, caps in parts.items() if not caps.compensation)

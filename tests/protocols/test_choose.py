@@ -67,7 +67,7 @@ def test_row_4_atomic_consistency_that_must_not_block_without_partitions_gets_3p
     # Why not Paxos Commit, and the limit the caller accepts by saying "no partitions".
     assert "fewer messages than Paxos Commit: 6N against 4N(F+1)" in choice.reason
     assert "no process pauses" in choice.reason and "delayed or lost" in choice.reason
-    assert "partitions_possible to get Paxos Commit" in choice.reason
+    assert "partitions_possible=True to get Paxos Commit" in choice.reason
 
 
 @pytest.mark.parametrize("non_blocking", [False, True])
