@@ -1,4 +1,4 @@
-"""Choosing 2PC, 3PC or a saga from what the caller needs and what the participants support.
+"""Choosing 2PC, 3PC, Paxos Commit or a saga from what the caller needs and can do.
 
 Pure and deterministic: `choose_protocol(requirements, participants)` walks
 the decision table below (documented, with the trade-offs, in
@@ -9,13 +9,16 @@ requirement that no protocol can meet with these participants raises
 capability; the chooser never quietly settles for a weaker guarantee.
 
     row  consistency        must not block  partitions  participants                 result
-    1    immediate/strong   yes             yes         any                          error
+    1    immediate/strong   yes             yes         all prepare                  paxos
     2    immediate/strong   any             any         one cannot prepare           error
     3    immediate/strong   no              any         all prepare                  2pc
     4    immediate/strong   yes             no          all prepare and pre-commit   3pc
-    5    immediate/strong   yes             no          one cannot pre-commit        error
+    5    immediate/strong   yes             no          one cannot pre-commit        paxos
     6    eventual           any             any         all compensate               saga
     7    eventual           any             any         one cannot compensate        error
+
+Row numbers are stable (the runtime writes them to the WAL with the choice):
+rows 1 and 5 were errors before Paxos Commit and keep their numbers.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ __all__ = [
     "choose_protocol",
 ]
 
-ChosenProtocol = Literal["2pc", "3pc", "saga"]
+ChosenProtocol = Literal["2pc", "3pc", "paxos", "saga"]
 
 
 class NoProtocolFits(ConfigError):
@@ -77,7 +80,7 @@ class Requirements(msgspec.Struct, frozen=True, kw_only=True):
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     """What one participant can do."""
 
-    #: Can hold a prepared state across a crash (XA-style): needed by 2PC and 3PC.
+    #: Can hold a prepared state across a crash (XA-style): needed by 2PC, 3PC and Paxos Commit.
     prepare: bool = False
     #: Can record a pre-commit and answer a backup's state request: needed by 3PC.
     pre_commit: bool = False
@@ -94,6 +97,14 @@ class Choice(msgspec.Struct, frozen=True):
 
 
 _ATOMIC = (Consistency.IMMEDIATE, Consistency.STRONG)
+
+# What Paxos Commit costs, in the terms of Gray & Lamport's normal case (N
+# participants, 2F+1 acceptors); stated in every reason that picks it.
+_PAXOS_TRADE = (
+    "the trade: it decides only while F+1 of its 2F+1 acceptors are up and can talk to a"
+    " leader, and it costs more than 2PC: (N+1)(F+3)-2 messages and N+F+1 forced writes"
+    " against 2PC's 3N-1 and N+1 (Gray & Lamport, docs/paxos.md)"
+)
 
 
 def _consistency(value: object) -> Consistency:
@@ -160,21 +171,13 @@ def choose_protocol(
     """
     consistency, must_not_block, partitions, parts = _checked(requirements, participants)
     if consistency in _ATOMIC:
-        if must_not_block and partitions:
-            raise NoProtocolFits(
-                f"{consistency.value} consistency with must_not_block_on_coordinator_failure"
-                " and partitions_possible: no atomic commit protocol can be non-blocking when"
-                " the network may partition (3PC would let the two sides decide differently);"
-                " drop must_not_block_on_coordinator_failure (2PC then blocks until the"
-                " coordinator is back) or accept eventual consistency (a saga)",
-                rule=1,
-            )
         cannot_prepare = sorted(name for name, caps in parts.items() if not caps.prepare)
         if cannot_prepare:
             raise NoProtocolFits(
-                f"{consistency.value} consistency needs every participant to prepare (2PC or"
-                f" 3PC), but {_names(cannot_prepare)} cannot; a saga would give only eventual"
-                " consistency: ask for consistency='eventual' if that is acceptable",
+                f"{consistency.value} consistency needs every participant to prepare (2PC,"
+                f" 3PC or Paxos Commit), but {_names(cannot_prepare)} cannot; a saga would"
+                " give only eventual consistency: ask for consistency='eventual' if that is"
+                " acceptable",
                 rule=2,
                 participants=tuple(cannot_prepare),
             )
@@ -183,24 +186,39 @@ def choose_protocol(
                 "2pc",
                 f"{consistency.value} consistency and every participant can prepare; blocking"
                 " while the coordinator is down is acceptable, so 2PC (fewer messages and"
-                " forced writes than 3PC)",
+                " forced writes than 3PC or Paxos Commit, and safe under partitions)",
                 3,
+            )
+        if partitions:
+            return Choice(
+                "paxos",
+                f"{consistency.value} consistency, participants must not block when the"
+                " coordinator fails, the network may partition, and every participant can"
+                " prepare, which is all Paxos Commit needs: it is non-blocking and still safe"
+                " under any timing, partitions and process pauses (3PC could split there);"
+                f" {_PAXOS_TRADE}",
+                1,
             )
         no_pre_commit = sorted(name for name, caps in parts.items() if not caps.pre_commit)
         if no_pre_commit:
-            raise NoProtocolFits(
-                "must_not_block_on_coordinator_failure needs 3PC, which every participant must"
-                f" support (pre_commit), but {_names(no_pre_commit)} cannot",
-                rule=5,
-                participants=tuple(no_pre_commit),
+            return Choice(
+                "paxos",
+                f"{consistency.value} consistency and participants must not block when the"
+                f" coordinator fails, but {_names(no_pre_commit)} cannot pre-commit, so 3PC"
+                " cannot run; Paxos Commit needs only prepare and is safe under any timing,"
+                f" partitions and process pauses; {_PAXOS_TRADE}",
+                5,
             )
         return Choice(
             "3pc",
             f"{consistency.value} consistency, participants must not block when the"
             " coordinator fails, no partitions expected, and every participant supports"
-            " pre-commit: 3PC (its termination protocol finishes without the coordinator;"
-            " safe only while no process pauses and no message is delayed or lost past"
-            " its timeouts)",
+            " pre-commit: 3PC (its termination protocol finishes without the coordinator"
+            " while any participant is up, with no acceptors to run, and in dtxn it sends"
+            " fewer messages than Paxos Commit: 6N against 4N(F+1)); safe only while no"
+            " process pauses and no message is delayed or lost past its timeouts, else"
+            " the participants can decide differently: if that can happen, say"
+            " partitions_possible=True to get Paxos Commit",
             4,
         )
     cannot_compensate = sorted(name for name, caps in parts.items() if not caps.compensation)
