@@ -1111,7 +1111,7 @@ def _choose(
     if choice.protocol == "saga":
         raise ConfigError(
             f"protocol='auto' chose a saga (rule {choice.rule}: {choice.reason}); "
-            "Runtime.transact runs only 2PC and 3PC: define the steps with their "
+            "Runtime.transact runs 2PC, 3PC and Paxos Commit: define the steps with their "
             "compensations and call Runtime.run_saga, or require strong consistency"
         )
     return choice

@@ -11,7 +11,7 @@ from dtxn.protocols.choose import Capabilities, NoProtocolFits, Requirements
 from dtxn.protocols.errors import ConfigError
 from dtxn.protocols.messages import Protocol
 from dtxn.protocols.records import CoordChose
-from dtxn.runtime import Runtime
+from dtxn.runtime import InProcessTransport, Runtime
 from dtxn.runtime.hosting import LOG_DECODER
 from dtxn.runtime.wal import read_wal
 from nodes import Ledger
@@ -136,3 +136,44 @@ async def test_auto_names_the_participant_no_protocol_fits(tmp_path: Path) -> No
                 requirements=Requirements(consistency="strong"),
                 capabilities={"a@n": ATOMIC, "b@n": Capabilities(compensation=True)},
             )
+
+
+NON_BLOCKING = Requirements(
+    consistency="strong", must_not_block_on_coordinator_failure=True, partitions_possible=True
+)
+
+
+async def test_auto_runs_paxos_commit_where_no_blocking_and_partitions_rule_out_2pc_and_3pc(
+    tmp_path: Path,
+) -> None:
+    transport = InProcessTransport()
+    pids = ("ledger@bank-a", "ledger@bank-b")
+    async with (
+        Runtime("bank-a", transport=transport, wal_path=tmp_path / "a.db",
+                resources={"ledger": Ledger()}, telemetry=False),
+        Runtime("bank-b", transport=transport, wal_path=tmp_path / "b.db",
+                resources={"ledger": Ledger()}, telemetry=False),
+        Runtime("coord", transport=transport, wal_path=tmp_path / "c.db",
+                telemetry=False) as rt,
+    ):
+        outcome = await rt.transact(
+            dict.fromkeys(pids, 1), protocol="auto", requirements=NON_BLOCKING,
+            capabilities=dict.fromkeys(pids, ATOMIC),
+        )
+        assert outcome.committed, outcome
+    [chose] = chose_records(tmp_path / "c.db")
+    assert (chose.txid, chose.protocol, chose.rule) == (outcome.txid, Protocol.PAXOS, 1)
+    assert "acceptors" in chose.reason
+
+
+async def test_auto_choosing_paxos_without_room_for_its_acceptors_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """One node cannot host 2F+1 acceptors: a clear error, and no choice in the log."""
+    async with runtime(tmp_path) as rt:
+        with pytest.raises(ConfigError, match="acceptor"):
+            await rt.transact(
+                dict.fromkeys(PIDS, 1), protocol="auto", requirements=NON_BLOCKING,
+                capabilities=dict.fromkeys(PIDS, ATOMIC),
+            )
+    assert chose_records(tmp_path / "n.db") == []
