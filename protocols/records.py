@@ -13,6 +13,11 @@ participant:       PREPARED forced before voting yes; PRECOMMIT forced before
                    aborted), always forced in 3PC (a lost abort would bring
                    the participant back uncertain, free to join a TR4 commit).
 read-only votes write nothing.
+operator:          RESOLVED, written by `dtxn resolve` into a stopped participant's
+                   log (never by a machine): a heuristic decision for a branch
+                   left in doubt. Recovery applies it as the coordinator's; once
+                   applied it is the branch's tombstone (no COMMITTED/ABORTED
+                   follows it), so the operator's reason stays in the log.
 """
 
 from __future__ import annotations
@@ -65,6 +70,21 @@ class PartAborted(Record, frozen=True, tag="p-abort"):
     pass
 
 
+class PartResolved(Record, frozen=True, tag="p-resolved"):
+    """An operator's heuristic decision for a participant branch left in doubt.
+
+    Written only by `dtxn resolve` (`dtxn.runtime.wal.resolve_in_doubt`) with
+    the node stopped, after a p-prepared (and, in 3PC, maybe a p-precommit).
+    `protocol` is copied from that p-prepared, so a lone p-resolved (the
+    tombstone once applied) is rebuilt by the right machine.
+    """
+
+    protocol: Protocol
+    commit: bool
+    reason: str
+    by: str = "operator"
+
+
 class CoordChose(Record, frozen=True, tag="c-chose"):
     """Lazy, written when a `protocol="auto"` transaction starts: what was chosen and why.
 
@@ -87,6 +107,7 @@ AtomicRecord = (
     | PartCommitted
     | PartAborted
     | CoordChose
+    | PartResolved
 )
 
 RECORD_TYPES: tuple[type[Record], ...] = (
@@ -99,6 +120,7 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     PartCommitted,
     PartAborted,
     CoordChose,
+    PartResolved,
 )
 
 

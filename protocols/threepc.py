@@ -99,7 +99,9 @@ from dtxn.protocols.records import (
     PartCommitted,
     PartPreCommitted,
     PartPrepared,
+    PartResolved,
 )
+from dtxn.protocols.twopc import applied_resolution, heuristic_check, resolution_reason
 
 VOTES_TIMER = "votes"
 PRECOMMIT_ACKS_TIMER = "precommit-acks"
@@ -429,6 +431,8 @@ class ThreePCParticipant:
         # Set when the coordinator asked us: it only asks while recovering with
         # a pre-commit and no commit in its log, and then it never commits itself.
         self.coordinator_undecided = False
+        # An operator's heuristic decision recovered from the log (`dtxn resolve`).
+        self.resolution: PartResolved | None = None
 
     @property
     def in_doubt(self) -> bool:
@@ -549,6 +553,8 @@ class ThreePCParticipant:
 
     def _on_decision(self, message: Decision) -> list[Effect]:
         state = self.state
+        if self.resolution is not None:
+            return [heuristic_check(self.resolution, message)]
         if (
             message.sender != self.coordinator
             and self.in_doubt
@@ -591,6 +597,14 @@ class ThreePCParticipant:
         ]
 
     def _on_applied(self, event: ResourceApplied) -> list[Effect]:
+        if self.resolution is not None:
+            ended = applied_resolution(
+                self.txid, self.me, self.coordinator, self.resolution, event.op
+            )
+            if ended is None:
+                raise _illegal("participant", self.txid, self.state, event)
+            self.state = Part3State.COMMITTED if self.resolution.commit else Part3State.ABORTED
+            return ended
         if self.state is Part3State.COMMITTING and event.op is ResourceOp.COMMIT:
             self.state = Part3State.COMMITTED
             effects: list[Effect] = [
@@ -783,9 +797,20 @@ class ThreePCParticipant:
             self.abort_unapplied = self.state is Part3State.INIT
             self.state = Part3State.ABORTED
             return []
+        if isinstance(record, PartResolved) and self.resolution is None:
+            if self.in_doubt:
+                self.resolution = record
+                return []
+            if self.state is Part3State.INIT:
+                # Alone: the tombstone of a resolution already applied (see 2PC).
+                self.resolution = record
+                self.state = Part3State.COMMITTED if record.commit else Part3State.ABORTED
+                return []
         raise _illegal("participant", self.txid, self.state, event)
 
     def _resume(self) -> list[Effect]:
+        if self.resolution is not None:
+            return self._resume_resolved(self.resolution)
         if self.in_doubt:
             # Recovering processes ask; they do not vote again.
             self.recovered = True
@@ -806,3 +831,12 @@ class ThreePCParticipant:
         if self.state is Part3State.ABORTED:
             return [Decide(Outcome.ABORTED, "recovered from the log"), Forget()]
         raise ProtocolError(f"3PC participant of {self.txid!r} recovered with no records")
+
+    def _resume_resolved(self, record: PartResolved) -> list[Effect]:
+        self.reason = resolution_reason(record)
+        if self.in_doubt:
+            # Applied as a decision; it takes no part in termination (never a backup).
+            self.state = Part3State.COMMITTING if record.commit else Part3State.ABORTING
+            return [InvokeResource(ResourceOp.COMMIT if record.commit else ResourceOp.ABORT)]
+        outcome = Outcome.COMMITTED if record.commit else Outcome.ABORTED
+        return [Decide(outcome, self.reason), Compact(), Forget()]

@@ -26,6 +26,12 @@ The asker applies none of these answers: only the coordinator's decision
 binds, since a compromised member could answer either outcome (docs/
 protocols.md, "Who may decide"); it keeps asking the coordinator.
 
+An operator may decide instead (`dtxn resolve`, docs/operations.md): a
+p-resolved record after the p-prepared is replayed as the coordinator's
+decision at the next start and, once applied, is the tombstone. A coordinator
+decision that disagrees with it later is a "heuristic mismatch": not applied,
+reported as a violation.
+
 Messages that are late, duplicated or for a finished transaction are answered
 or ignored (`Ignored` effect, counted by the runtime), never an error.
 """
@@ -80,6 +86,7 @@ from dtxn.protocols.records import (
     PartAborted,
     PartCommitted,
     PartPrepared,
+    PartResolved,
 )
 
 VOTES_TIMER = "votes"
@@ -331,6 +338,8 @@ class TwoPCParticipant:
         # resource.abort is applied on resume, since the crash may have cut it off.
         self.abort_unapplied = False
         self.reason = ""
+        # An operator's heuristic decision recovered from the log (`dtxn resolve`).
+        self.resolution: PartResolved | None = None
 
     @property
     def in_doubt(self) -> bool:
@@ -426,6 +435,8 @@ class TwoPCParticipant:
 
     def _on_decision(self, message: Decision) -> list[Effect]:
         state = self.state
+        if self.resolution is not None and message.sender == self.coordinator:
+            return [heuristic_check(self.resolution, message)]
         if message.sender != self.coordinator:
             if message.sender not in self.participants:
                 return [
@@ -492,6 +503,14 @@ class TwoPCParticipant:
         return [Ignored(f"inquiry in state {state.value}")]
 
     def _on_applied(self, event: ResourceApplied) -> list[Effect]:
+        if self.resolution is not None:
+            ended = applied_resolution(
+                self.txid, self.me, self.coordinator, self.resolution, event.op
+            )
+            if ended is None:
+                raise _illegal("participant", self.txid, self.state, event)
+            self.state = PartState.COMMITTED if self.resolution.commit else PartState.ABORTED
+            return ended
         if self.state is PartState.COMMITTING and event.op is ResourceOp.COMMIT:
             self.state = PartState.COMMITTED
             return [
@@ -542,9 +561,21 @@ class TwoPCParticipant:
             self.abort_unapplied = self.state is PartState.INIT
             self.state = PartState.ABORTED
             return []
+        if isinstance(record, PartResolved) and self.resolution is None:
+            if self.state is PartState.PREPARED:
+                self.resolution = record
+                return []
+            if self.state is PartState.INIT:
+                # Alone: the p-prepared was compacted, which happens only once
+                # the resource applied the resolution. It is the tombstone.
+                self.resolution = record
+                self.state = PartState.COMMITTED if record.commit else PartState.ABORTED
+                return []
         raise _illegal("participant", self.txid, self.state, event)
 
     def _resume(self) -> list[Effect]:
+        if self.resolution is not None:
+            return self._resume_resolved(self.resolution)
         if self.state is PartState.PREPARED:
             # In doubt after a crash: ask at once, then keep asking on the timer.
             effects: list[Effect] = [Send(self.coordinator, DecisionRequest(self.txid, self.me))]
@@ -563,6 +594,58 @@ class TwoPCParticipant:
         if self.state is PartState.ABORTED:
             return [Decide(Outcome.ABORTED, "recovered from the log"), Forget()]
         raise ProtocolError(f"participant of {self.txid!r} recovered with no records")
+
+    def _resume_resolved(self, record: PartResolved) -> list[Effect]:
+        self.reason = resolution_reason(record)
+        if self.state is PartState.PREPARED:
+            # Applied exactly as the coordinator's decision would be.
+            self.state = PartState.COMMITTING if record.commit else PartState.ABORTING
+            return [InvokeResource(ResourceOp.COMMIT if record.commit else ResourceOp.ABORT)]
+        outcome = Outcome.COMMITTED if record.commit else Outcome.ABORTED
+        # Recovery compacts only the usual end records: keep this one as the tombstone.
+        return [Decide(outcome, self.reason), Compact(), Forget()]
+
+
+def resolution_reason(record: PartResolved) -> str:
+    """How a participant reports an outcome an operator decided."""
+    outcome = "commit" if record.commit else "abort"
+    return f"{outcome} resolved by {record.by} (heuristic): {record.reason}"
+
+
+def heuristic_check(record: PartResolved, message: Decision) -> Ignored:
+    """What a participant does with a decision for a branch an operator resolved: nothing.
+
+    Agreeing, it is a duplicate. Disagreeing, the transaction is split: an
+    operator chose wrongly (or the coordinator remembered late), which must
+    not pass silently, and cannot be undone by the machine either.
+    """
+    said = "COMMIT" if message.commit else "ABORT"
+    if message.commit == record.commit:
+        return Ignored(f"{said} from {message.sender!r} agrees with the operator's resolution")
+    return Ignored(
+        f"heuristic mismatch: {said} from {message.sender!r} for a branch "
+        f"{resolution_reason(record)}; not applied",
+        violation=True,
+    )
+
+
+def applied_resolution(
+    txid: str, me: str, coordinator: str, record: PartResolved, op: ResourceOp
+) -> list[Effect] | None:
+    """How a branch an operator resolved ends once its resource applied `op`; None if
+    `op` is not the resolution's.
+
+    No p-commit/p-abort is written: the forced p-resolved already says how
+    it ends and stays as the tombstone (with the operator's reason).
+    """
+    reason = resolution_reason(record)
+    if record.commit and op is ResourceOp.COMMIT:
+        # The coordinator may still wait for acks, if it remembered its commit.
+        return [Send(coordinator, Ack(txid, me)), Decide(Outcome.COMMITTED, reason), Compact(),
+                Forget()]
+    if not record.commit and op is ResourceOp.ABORT:
+        return [Decide(Outcome.ABORTED, reason), Compact(), Forget()]
+    return None
 
 
 def answer_for_unknown_coordinator(

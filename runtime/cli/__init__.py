@@ -1,4 +1,5 @@
-"""The `dtxn` command line: `demo`, `version`, `bench`, `simulate`, `replay`."""
+"""The `dtxn` command line: `demo`, `version`, `inspect`, `resolve`, `bench`, `simulate`,
+`replay`, `node`."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dtxn.runtime.cli.inspect import add_inspect_parser
 
     add_inspect_parser(commands)
+    from dtxn.runtime.cli.resolve import add_resolve_parser
+
+    add_resolve_parser(commands)
     bench = commands.add_parser(
         "bench",
         help="run the 2PC/3PC benchmark matrix against its baselines, with plots",
@@ -468,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         from dtxn.runtime.cli.inspect import run_inspect
 
         return run_inspect(args)
+    if args.command == "resolve":
+        from dtxn.runtime.cli.resolve import run_resolve
+
+        return run_resolve(args)
     if args.command == "version":
         print(f"dtxn {_version()}")
         return 0

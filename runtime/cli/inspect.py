@@ -12,6 +12,8 @@ protocols/saga/records.py:
 
     coordinator   pre-committed (3PC) | committed | aborted | ended
     participant   prepared (IN DOUBT) | pre-committed (committable, 3PC) | committed | aborted
+                  | commit/abort by operator, to apply at start (OPERATOR, `dtxn resolve`)
+                  | committed/aborted by operator (OPERATOR: the applied resolution's tombstone)
     saga          running | compensating | stuck | completed | compensated
 """
 
@@ -49,6 +51,7 @@ from dtxn.protocols.records import (
     PartCommitted,
     PartPreCommitted,
     PartPrepared,
+    PartResolved,
     Record,
 )
 from dtxn.protocols.saga.records import (
@@ -142,7 +145,7 @@ def decode_entries(entries: Iterable[WalEntry], where: str) -> list[DecodedRecor
 
 
 _COORDINATOR_RECORDS = (CoordChose, CoordPreCommitted, CoordCommitted, CoordAborted, CoordEnded)
-_PARTICIPANT_RECORDS = (PartPrepared, PartPreCommitted, PartCommitted, PartAborted)
+_PARTICIPANT_RECORDS = (PartPrepared, PartPreCommitted, PartCommitted, PartAborted, PartResolved)
 _COORDINATOR_STATES: dict[type[Record], str] = {
     CoordChose: "chose (presumed abort)",
     CoordPreCommitted: "pre-committed",
@@ -167,7 +170,10 @@ def _atomic_summary(txid: str, actor: str, records: list[DecodedRecord]) -> TxnS
         found = getattr(item.record, "protocol", None)
         if isinstance(found, Protocol) and protocol is None:
             protocol = found.value
-        state = states.get(type(item.record), state)
+        if isinstance(item.record, PartResolved):
+            state = _resolved_state(item.record, pending=state in ("prepared", "pre-committed"))
+        else:
+            state = states.get(type(item.record), state)
     if protocol is None and coordinator and state == "aborted":
         # Schema 1: a 2PC coordinator's abort writes nothing; only 3PC logs c-abort.
         protocol = Protocol.THREE_PC.value
@@ -183,6 +189,17 @@ def _atomic_summary(txid: str, actor: str, records: list[DecodedRecord]) -> TxnS
         first_lsn=records[0].lsn,
         last_lsn=records[-1].lsn,
     )
+
+
+def _resolved_state(record: PartResolved, *, pending: bool) -> str:
+    if pending:
+        return f"{'commit' if record.commit else 'abort'} by operator, to apply at start"
+    return f"{'committed' if record.commit else 'aborted'} by operator"
+
+
+def resolutions(records: Iterable[DecodedRecord]) -> list[DecodedRecord]:
+    """The operators' decisions (`dtxn resolve`) among `records`."""
+    return [item for item in records if isinstance(item.record, PartResolved)]
 
 
 def _saga_summary(txid: str, actor: str, records: list[DecodedRecord]) -> TxnSummary:
@@ -343,6 +360,8 @@ def _flag(summary: TxnSummary) -> str:
         return "IN DOUBT"
     if summary.stuck:
         return "STUCK"
+    if "by operator" in summary.state:
+        return "OPERATOR"
     return ""
 
 
@@ -506,8 +525,18 @@ def run_inspect(
             "stuck": sum(s.stuck for s in summaries),
             "log_may_be_short": suspect,
             "transactions": [_plain(s) for s in summaries],
+            "resolved_by_operator": [_record_json(item) for item in resolutions(decoded)],
         }
         print(json.dumps(document, indent=2), file=out)
     else:
         render_summary(where, summaries, out)
+        for item in resolutions(decoded):
+            print(f"resolved by an operator: {_resolution_line(item)}", file=out)
     return done
+
+
+def _resolution_line(item: DecodedRecord) -> str:
+    record = item.record
+    assert isinstance(record, PartResolved)
+    outcome = "commit" if record.commit else "abort"
+    return f"{item.txid} {item.actor} {outcome} (heuristic, lsn={item.lsn}): {record.reason}"

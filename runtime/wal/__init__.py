@@ -8,11 +8,21 @@ records and forces them in batches (group commit). Two backends:
 `crash()`, for the simulator). `read_wal` reads a log file without opening it
 for writing (what `dtxn inspect` uses). `SqliteWal` scans its `-wal` sidecar
 before SQLite opens it (`scan_sidecar`): a damaged one marks the log as
-possibly short (`read_suspect`, `accept_loss`). The format is in docs/wal.md.
+possibly short (`read_suspect`, `accept_loss`). `resolve_in_doubt` writes an
+operator's decision for a branch left in doubt into a stopped node's log
+(`dtxn resolve`, docs/operations.md). The format is in docs/wal.md.
 """
 
 from dtxn.runtime.wal._group_commit import GroupCommitWal, Taken
 from dtxn.runtime.wal._memory import MemoryWal
+from dtxn.runtime.wal._resolve import (
+    LogEnvelope,
+    LogInUse,
+    LogMayBeShort,
+    Resolution,
+    ResolveRefused,
+    resolve_in_doubt,
+)
 from dtxn.runtime.wal._sidecar import SidecarScan, scan_sidecar
 from dtxn.runtime.wal._sqlite import (
     SqliteWal,
@@ -40,7 +50,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "Durability",
     "GroupCommitWal",
+    "LogEnvelope",
+    "LogInUse",
+    "LogMayBeShort",
     "MemoryWal",
+    "Resolution",
+    "ResolveRefused",
     "SidecarScan",
     "SqliteWal",
     "Taken",
@@ -58,5 +73,6 @@ __all__ = [
     "read_suspect",
     "read_wal",
     "record_checksum",
+    "resolve_in_doubt",
     "scan_sidecar",
 ]
