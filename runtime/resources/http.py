@@ -248,7 +248,7 @@ class HttpResource:
         )
 
     def _backoff_s(self, attempt: int) -> float:
-        capped = min(self.backoff_s_max, self.backoff_s_min * 2 ** (attempt - 1))
+        capped = min(self.backoff_s_max, self.backoff_s_min * 2.0 ** (attempt - 1))
         return capped * (0.5 + 0.5 * self._rng.random())  # jitter in [cap/2, cap)
 
     async def _attempt(self, txid: str, op: str, body: bytes) -> dict[str, Any]:
