@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import pytest
 import uvicorn
 from anyio.abc import TaskGroup
 from dtxn.protocols.messages import Vote
@@ -30,6 +31,17 @@ from dtxn.runtime.resources import SqliteBranch, SqliteResource
 from starlette.applications import Starlette
 
 _clock = Clock()
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    """The HTTP tests run on plain asyncio only (each test module imports this fixture).
+
+    With uvicorn serving inside the same uvloop loop, closing that loop at the
+    end of the run hung in `shutdown_default_executor` (seen, not yet
+    understood); until that is run down, these tests do not claim uvloop.
+    """
+    return ("asyncio", {"use_uvloop": False})
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

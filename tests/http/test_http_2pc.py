@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 from dtxn.runtime import InProcessTransport, Runtime
 from dtxn.runtime.resources.http import HttpResource
-from http_servers import Misbehave, amount, ledger_states, prepared_markers, served, service_app
+from http_servers import (
+    Misbehave,
+    amount,
+    anyio_backend,  # noqa: F401 - the fixture: asyncio only
+    ledger_states,
+    prepared_markers,
+    served,
+    service_app,
+)
 from nodes import eventually
 
 pytestmark = pytest.mark.anyio

@@ -22,6 +22,7 @@ from dtxn.runtime.resources.http import (
 from http_servers import (
     Misbehave,
     amount,
+    anyio_backend,  # noqa: F401 - the fixture: asyncio only
     free_port,
     ledger_states,
     prepared_markers,
